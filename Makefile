@@ -1,0 +1,44 @@
+# The commands people type. Every target installs the project first (into .venv).
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+NATIVE  := $(wildcard native/*.pyx native/*.pxd native/*.c native/*.h native/*.cc)
+MODEL   ?=
+REGISTRY ?= $(or $(ML_MODEL_REGISTRY_PATH),models/registry)
+
+.PHONY: install build test lint demo bench compile-model proto clean
+
+install: $(STAMP) build
+
+$(STAMP): pyproject.toml setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Rebuild the Cython/C extensions in place when a native source changes.
+build: $(STAMP) control/native/.built
+
+control/native/.built: $(NATIVE) setup.py
+	$(PY) setup.py --quiet build_ext --inplace -j 2
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check control tests bench
+	$(VENV)/bin/ruff format --check control tests bench
+
+demo: install
+	$(PY) -m ml_pipeline.demo
+
+bench: install
+	$(PY) -m pytest bench -q --benchmark-enable -p no:cacheprovider
+
+compile-model: install
+	$(VENV)/bin/ml-pipeline compile $(if $(MODEL),$(MODEL),--default) --registry $(REGISTRY)
+
+clean:
+	rm -rf build control/native/*.so control/native/.built compiled_models/*.so demo_output

@@ -1,0 +1,1 @@
+"""Champion/challenger traffic splitting and gradual rollout."""

@@ -1,0 +1,286 @@
+"""Pipeline configuration read from the environment, validated once, with the password kept out of sight.
+
+Every variable, its default and its accepted range is listed in ENV_VARS (and in the README); a bad value
+raises one ConfigError naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from ml_pipeline.errors import ConfigError
+
+DEFAULT_TRAINING_QUERY = (
+    "SELECT call_rate_per_hour, avg_call_duration_s, unique_destinations_ratio, international_ratio, "
+    "short_call_ratio, night_call_ratio, cli_mismatch_ratio, sim_age_days, is_fraud "
+    "FROM labelled_alerts WHERE labelled_at >= now() - make_interval(days => $1) "
+    "ORDER BY labelled_at"
+)
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or tracebacks; `reveal()` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value or None
+
+    def reveal(self) -> str | None:
+        """The secret value, for the one place that needs it (the database connection)."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return self._value is not None
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret(None)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters, quality gate and decision threshold of the fraud model."""
+
+    max_depth: int = 6
+    learning_rate: float = 0.1
+    n_estimators: int = 100
+    min_auc_score: float = 0.85
+    min_precision: float = 0.80
+    min_recall: float = 0.75
+    threshold: float = 0.7
+    model_registry_path: str = "models/registry"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Where training data comes from and when retraining runs (cron evaluated in `timezone`)."""
+
+    training_query: str = DEFAULT_TRAINING_QUERY
+    lookback_days: int = 7
+    schedule: str = "0 2 * * *"
+    timezone: str = "Africa/Lagos"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """YugabyteDB/PostgreSQL connection; the password is a Secret and is not part of any DSN string."""
+
+    host: str = "localhost"
+    port: int = 5433
+    name: str = "voxguard"
+    user: str = "voxguard"
+    password: Secret = field(default_factory=lambda: Secret(None))
+
+    @property
+    def dsn(self) -> str:
+        """postgresql:// DSN without the password (pass `password.reveal()` to the driver separately)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}"
+
+
+@dataclass(frozen=True)
+class MLPipelineConfig:
+    """The whole configuration; `from_env()` builds it from the environment variables in ENV_VARS."""
+
+    inference_host: str = "0.0.0.0"
+    inference_port: int = 50051
+    max_workers: int = 10
+    metrics_port: int = 9091
+    environment: str = "production"
+    debug: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+
+    @property
+    def database_dsn(self) -> str:
+        """DSN of the training database, password excluded (see DatabaseConfig.dsn)."""
+        return self.database.dsn
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MLPipelineConfig:
+        """Read and validate every variable of ENV_VARS; raise ConfigError on the first bad one."""
+        env = os.environ if environ is None else environ
+        v = {spec.name: spec.read(env) for spec in ENV_VARS}
+        return cls(
+            inference_host=v["ML_INFERENCE_HOST"],
+            inference_port=v["ML_INFERENCE_PORT"],
+            max_workers=v["ML_MAX_WORKERS"],
+            metrics_port=v["ML_METRICS_PORT"],
+            environment=v["ML_ENVIRONMENT"],
+            debug=v["ML_DEBUG"],
+            model=ModelConfig(
+                max_depth=v["ML_MODEL_MAX_DEPTH"],
+                learning_rate=v["ML_MODEL_LEARNING_RATE"],
+                n_estimators=v["ML_MODEL_N_ESTIMATORS"],
+                min_auc_score=v["ML_MIN_AUC_SCORE"],
+                min_precision=v["ML_MIN_PRECISION"],
+                min_recall=v["ML_MIN_RECALL"],
+                threshold=v["ML_DECISION_THRESHOLD"],
+                model_registry_path=v["ML_MODEL_REGISTRY_PATH"],
+            ),
+            training=TrainingConfig(
+                training_query=v["ML_TRAINING_QUERY"],
+                lookback_days=v["ML_TRAINING_LOOKBACK_DAYS"],
+                schedule=v["ML_TRAINING_SCHEDULE"],
+                timezone=v["ML_TRAINING_TIMEZONE"],
+            ),
+            database=DatabaseConfig(
+                host=v["YUGABYTE_HOST"],
+                port=v["YUGABYTE_PORT"],
+                name=v["YUGABYTE_DB"],
+                user=v["YUGABYTE_USER"],
+                password=Secret(v["YUGABYTE_PASSWORD"]),
+            ),
+        )
+
+
+# ---- parsing: one small function per kind of value, each raising with the accepted range ----
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if not lo <= value <= hi:
+            raise ValueError
+        return value
+
+    parse.accepted = f"an integer from {lo} to {hi}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _float_in(lo: float, hi: float, *, open_low: bool = False) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not (lo < value <= hi if open_low else lo <= value <= hi):
+            raise ValueError
+        return value
+
+    low = "(" if open_low else "["
+    parse.accepted = f"a number in {low}{lo}, {hi}]"  # type: ignore[attr-defined]
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError
+
+
+_bool.accepted = "true/false (also 1/0, yes/no, on/off)"  # type: ignore[attr-defined]
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError
+    return raw.strip()
+
+
+_text.accepted = "a non-empty string"  # type: ignore[attr-defined]
+
+
+def _optional_text(raw: str) -> str:
+    return raw
+
+
+_optional_text.accepted = "any string"  # type: ignore[attr-defined]
+
+
+def _cron(raw: str) -> str:
+    expr = raw.strip()
+    if not croniter.is_valid(expr):
+        raise ValueError
+    return expr
+
+
+_cron.accepted = 'a 5-field cron expression such as "0 2 * * *"'  # type: ignore[attr-defined]
+
+
+def _timezone(raw: str) -> str:
+    try:
+        ZoneInfo(raw.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError from exc
+    return raw.strip()
+
+
+_timezone.accepted = "an IANA time zone name such as Africa/Lagos"  # type: ignore[attr-defined]
+
+
+def _query(raw: str) -> str:
+    if "$1" not in raw:
+        raise ValueError
+    return raw.strip()
+
+
+_query.accepted = "a SQL query that takes the lookback in days as the bound parameter $1"  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: its name, default, parser (which knows the accepted range) and meaning."""
+
+    name: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """The parsed value from `env`, or the default; ConfigError names the variable and the range."""
+        raw = env.get(self.name, self.default)
+        if raw is None:
+            return None
+        try:
+            return self.parse(raw)
+        except ValueError:
+            shown = "(hidden)" if self.secret else repr(raw)
+            raise ConfigError(
+                f"{self.name}={shown} is not valid: expected {self.parse.accepted}"  # type: ignore[attr-defined]
+            ) from None
+
+
+PORT = _int_in(1, 65535)
+RATIO = _float_in(0.0, 1.0)
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("ML_INFERENCE_HOST", "0.0.0.0", _text, "address the gRPC server binds"),
+    EnvVar("ML_INFERENCE_PORT", "50051", PORT, "gRPC port"),
+    EnvVar("ML_MAX_WORKERS", "10", _int_in(1, 1024), "gRPC worker threads per server process"),
+    EnvVar("ML_METRICS_PORT", "9091", PORT, "Prometheus metrics port"),
+    EnvVar("ML_ENVIRONMENT", "production", _text, "deployment name shown in logs and metrics"),
+    EnvVar("ML_DEBUG", "false", _bool, "verbose logging"),
+    EnvVar("ML_MODEL_REGISTRY_PATH", "models/registry", _text, "directory of the model registry"),
+    EnvVar("ML_MODEL_MAX_DEPTH", "6", _int_in(1, 20), "XGBoost max_depth"),
+    EnvVar("ML_MODEL_LEARNING_RATE", "0.1", _float_in(0.0, 1.0, open_low=True), "XGBoost learning rate (eta)"),
+    EnvVar("ML_MODEL_N_ESTIMATORS", "100", _int_in(1, 10000), "maximum boosting rounds"),
+    EnvVar("ML_MIN_AUC_SCORE", "0.85", RATIO, "quality gate: minimum test AUC"),
+    EnvVar("ML_MIN_PRECISION", "0.80", RATIO, "quality gate: minimum test precision"),
+    EnvVar("ML_MIN_RECALL", "0.75", RATIO, "quality gate: minimum test recall"),
+    EnvVar("ML_DECISION_THRESHOLD", "0.7", RATIO, "probability at or above which a call is flagged as fraud"),
+    EnvVar("ML_TRAINING_QUERY", DEFAULT_TRAINING_QUERY, _query, "SQL reading labelled alerts; $1 = days"),
+    EnvVar("ML_TRAINING_LOOKBACK_DAYS", "7", _int_in(1, 3650), "days of labelled alerts used for training"),
+    EnvVar("ML_TRAINING_SCHEDULE", "0 2 * * *", _cron, "retraining cron schedule"),
+    EnvVar("ML_TRAINING_TIMEZONE", "Africa/Lagos", _timezone, "time zone of the schedule (WAT)"),
+    EnvVar("YUGABYTE_HOST", "localhost", _text, "training database host"),
+    EnvVar("YUGABYTE_PORT", "5433", PORT, "training database port"),
+    EnvVar("YUGABYTE_DB", "voxguard", _text, "training database name"),
+    EnvVar("YUGABYTE_USER", "voxguard", _text, "training database user"),
+    EnvVar("YUGABYTE_PASSWORD", None, _optional_text, "training database password (never shown)", secret=True),
+)

@@ -1,0 +1,23 @@
+"""Errors that the CLI turns into exit codes: 2 for bad usage or input, 1 for a job that ran and failed."""
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline reports to a person; the message says what and how to fix."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError, ValueError):
+    """Bad usage or bad input (a file, a value, a model id): exit code 2."""
+
+    exit_code = 2
+
+
+class JobFailed(PipelineError):
+    """The job ran but did not succeed (quality gate, verification, unreachable service): exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(UsageError):
+    """An environment variable holds a value outside its accepted range."""

@@ -1,0 +1,1 @@
+"""Compiled extensions of the hot path (built from native/ by setup.py)."""

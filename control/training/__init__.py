@@ -1,0 +1,1 @@
+"""Training (XGBoost) and evaluation of fraud models."""

@@ -1,0 +1,83 @@
+/* Loading and reference counting of compiled models (see vg_model.h). */
+#include "vg_model.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int32_t (*int_fn)(void);
+typedef void (*num_class_fn)(int32_t *out);
+typedef const char *(*str_fn)(void);
+
+static void *resolve(void *handle, const char *name, const char *path, char *err, size_t errlen) {
+    dlerror();
+    void *sym = dlsym(handle, name);
+    if (sym == NULL) {
+        snprintf(err, errlen, "%s: symbol %s not found; is this a TL2cgen-compiled model?", path, name);
+    }
+    return sym;
+}
+
+vg_model *vg_model_open(const char *path, char *err, size_t errlen) {
+    if (strlen(path) >= sizeof(((vg_model *)0)->path)) {
+        snprintf(err, errlen, "model path too long (%zu bytes)", strlen(path));
+        return NULL;
+    }
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (handle == NULL) {
+        snprintf(err, errlen, "cannot load %s: %s", path, dlerror());
+        return NULL;
+    }
+    int_fn num_feature = (int_fn)resolve(handle, "get_num_feature", path, err, errlen);
+    int_fn num_target = num_feature ? (int_fn)resolve(handle, "get_num_target", path, err, errlen) : NULL;
+    num_class_fn num_class = num_target ? (num_class_fn)resolve(handle, "get_num_class", path, err, errlen) : NULL;
+    str_fn threshold_type = num_class ? (str_fn)resolve(handle, "get_threshold_type", path, err, errlen) : NULL;
+    str_fn leaf_type = threshold_type ? (str_fn)resolve(handle, "get_leaf_output_type", path, err, errlen) : NULL;
+    vg_predict_fn predict = leaf_type ? (vg_predict_fn)resolve(handle, "predict", path, err, errlen) : NULL;
+    if (predict == NULL) {
+        dlclose(handle);
+        return NULL;
+    }
+    int32_t classes[1] = {0};
+    if (num_target() != 1) {
+        snprintf(err, errlen, "%s: %d targets; only single-target binary classifiers are served", path,
+                 (int)num_target());
+        dlclose(handle);
+        return NULL;
+    }
+    num_class(classes);
+    if (classes[0] != 1) {
+        snprintf(err, errlen, "%s: %d classes; only binary classifiers (one probability) are served", path,
+                 (int)classes[0]);
+        dlclose(handle);
+        return NULL;
+    }
+    if (strcmp(threshold_type(), "float32") != 0 || strcmp(leaf_type(), "float32") != 0) {
+        snprintf(err, errlen, "%s: threshold type %s, leaf type %s; expected float32 for both", path,
+                 threshold_type(), leaf_type());
+        dlclose(handle);
+        return NULL;
+    }
+    vg_model *m = calloc(1, sizeof(vg_model));
+    if (m == NULL) {
+        snprintf(err, errlen, "out of memory");
+        dlclose(handle);
+        return NULL;
+    }
+    m->handle = handle;
+    m->predict = predict;
+    m->num_feature = num_feature();
+    m->refcount = 1;
+    strcpy(m->path, path);
+    return m;
+}
+
+void vg_model_retain(vg_model *m) { __atomic_add_fetch(&m->refcount, 1, __ATOMIC_RELAXED); }
+
+void vg_model_release(vg_model *m) {
+    if (m != NULL && __atomic_sub_fetch(&m->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
+        dlclose(m->handle);
+        free(m);
+    }
+}

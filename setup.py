@@ -1,0 +1,39 @@
+"""Build the Cython/C extensions of the hot path; metadata lives in pyproject.toml.
+
+Sources are in native/; each extension is built as ml_pipeline.native.<name>, so an editable
+install places the compiled modules inside control/native/ (see DESIGN.md).
+"""
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, find_packages, setup
+
+COMPILE_ARGS = ["-O3", "-fno-strict-aliasing"]
+
+
+def native_extension(name: str, sources: list[str], **kwargs) -> Extension:
+    """One extension module ml_pipeline.native.<name> built from files under native/."""
+    return Extension(
+        f"ml_pipeline.native.{name}",
+        [f"native/{s}" for s in sources],
+        include_dirs=["native", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+        extra_compile_args=COMPILE_ARGS + kwargs.pop("extra_compile_args", []),
+        **kwargs,
+    )
+
+
+EXTENSIONS: list[Extension] = [
+]
+
+setup(
+    package_dir={"ml_pipeline": "control"},
+    packages=["ml_pipeline"] + [f"ml_pipeline.{p}" for p in find_packages("control")],
+    package_data={"ml_pipeline": ["data/*.sql", "proto_gen/*.proto"]},
+    ext_modules=cythonize(
+        EXTENSIONS,
+        build_dir="build/cython",
+        language_level=3,
+        compiler_directives={"embedsignature": True},
+    ),
+)
