@@ -23,8 +23,7 @@ def native_extension(name: str, sources: list[str], **kwargs) -> Extension:
     )
 
 
-EXTENSIONS: list[Extension] = [
-]
+EXTENSIONS: list[Extension] = []
 
 setup(
     package_dir={"ml_pipeline": "control"},
