@@ -23,7 +23,9 @@ def native_extension(name: str, sources: list[str], **kwargs) -> Extension:
     )
 
 
-EXTENSIONS: list[Extension] = []
+EXTENSIONS: list[Extension] = [
+    native_extension("compiled_model", ["compiled_model.pyx", "vg_model.c"], libraries=["dl", "pthread"]),
+]
 
 setup(
     package_dir={"ml_pipeline": "control"},

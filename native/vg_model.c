@@ -2,6 +2,8 @@
 #include "vg_model.h"
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,12 @@ vg_model *vg_model_open(const char *path, char *err, size_t errlen) {
         dlclose(handle);
         return NULL;
     }
+    if (num_feature() <= 0) {
+        snprintf(err, errlen, "%s: get_num_feature() returned %d; expected at least one feature", path,
+                 (int)num_feature());
+        dlclose(handle);
+        return NULL;
+    }
     vg_model *m = calloc(1, sizeof(vg_model));
     if (m == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -80,4 +88,70 @@ void vg_model_release(vg_model *m) {
         dlclose(m->handle);
         free(m);
     }
+}
+
+typedef struct batch_chunk {
+    const vg_model *model;
+    const float *rows;
+    size_t n;
+    float *out;
+    int rc;
+} batch_chunk;
+
+static void *score_chunk(void *arg) {
+    batch_chunk *c = arg;
+    vg_entry *scratch = malloc((size_t)c->model->num_feature * sizeof(vg_entry));
+    if (scratch == NULL) {
+        c->rc = ENOMEM;
+        return NULL;
+    }
+    const size_t stride = (size_t)c->model->num_feature;
+    for (size_t i = 0; i < c->n; ++i) {
+        c->out[i] = vg_model_score(c->model, c->rows + i * stride, scratch);
+    }
+    free(scratch);
+    c->rc = 0;
+    return NULL;
+}
+
+#define VG_MAX_THREADS 256
+
+int vg_model_score_batch(const vg_model *m, const float *rows, size_t n, float *out, int nthreads) {
+    if (nthreads < 1) {
+        nthreads = 1;
+    }
+    if (nthreads > VG_MAX_THREADS) {
+        nthreads = VG_MAX_THREADS;
+    }
+    if ((size_t)nthreads > n) {
+        nthreads = n > 0 ? (int)n : 1;
+    }
+    batch_chunk chunks[VG_MAX_THREADS];
+    pthread_t threads[VG_MAX_THREADS];
+    int started[VG_MAX_THREADS] = {0};
+    const size_t stride = (size_t)m->num_feature;
+    const size_t base = n / (size_t)nthreads, extra = n % (size_t)nthreads;
+    size_t first = 0;
+    for (int t = 0; t < nthreads; ++t) {
+        size_t count = base + ((size_t)t < extra ? 1 : 0);
+        chunks[t] = (batch_chunk){m, rows + first * stride, count, out + first, 0};
+        first += count;
+    }
+    /* A thread that cannot be started is scored by the calling thread instead: slower, never wrong. */
+    for (int t = 1; t < nthreads; ++t) {
+        started[t] = pthread_create(&threads[t], NULL, score_chunk, &chunks[t]) == 0;
+    }
+    score_chunk(&chunks[0]);
+    int rc = chunks[0].rc;
+    for (int t = 1; t < nthreads; ++t) {
+        if (started[t]) {
+            pthread_join(threads[t], NULL);
+        } else {
+            score_chunk(&chunks[t]);
+        }
+        if (chunks[t].rc != 0) {
+            rc = chunks[t].rc;
+        }
+    }
+    return rc;
 }

@@ -41,6 +41,12 @@ vg_model *vg_model_open(const char *path, char *err, size_t errlen);
 void vg_model_retain(vg_model *m);
 void vg_model_release(vg_model *m);
 
+/* Score n rows (row-major, m->num_feature floats each, NaN = missing) into out[0..n), splitting the rows
+ * into nthreads contiguous chunks scored by nthreads threads (the calling thread scores the first chunk;
+ * nthreads <= 1 uses the calling thread only). Each thread has its own scratch. Needs no Python state, so
+ * callers release the GIL around it. Returns 0, or ENOMEM when a scratch buffer cannot be allocated. */
+int vg_model_score_batch(const vg_model *m, const float *rows, size_t n, float *out, int nthreads);
+
 /* Score one row of m->num_feature floats (NaN = missing). `scratch` holds num_feature entries and must
  * not be shared between threads. Returns the probability. */
 static inline float vg_model_score(const vg_model *m, const float *row, vg_entry *scratch) {
