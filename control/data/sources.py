@@ -1,0 +1,236 @@
+"""Training data behind one function: a local CSV/Parquet file or a PostgreSQL/YugabyteDB table via asyncpg.
+
+Whatever the source, `load_training_data` returns the eight FEATURE_NAMES as float64 (NaN = missing),
+`is_fraud` as int8 0/1 and, when the source has it, `labelled_at` (UTC). Every way the data can be
+unusable gives one UsageError (bad input) or JobFailed (database unreachable or empty window), with any
+DSN shown without its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import numpy as np
+import pandas as pd
+
+from ml_pipeline.config import DEFAULT_TRAINING_QUERY, TrainingConfig
+from ml_pipeline.data.features import FEATURE_NAMES, LABEL
+from ml_pipeline.errors import JobFailed, UsageError
+
+TIMESTAMP = "labelled_at"
+TABLE = "labelled_alerts"
+TABLE_COLUMNS = ["alert_id", "caller", *FEATURE_NAMES, LABEL, TIMESTAMP]
+CHUNK_ROWS = 20_000
+CONNECT_TIMEOUT_S = 10.0
+
+
+def is_dsn(source: str) -> bool:
+    """True when `source` names a PostgreSQL database rather than a file."""
+    return source.startswith(("postgresql://", "postgres://"))
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without any password (in the user-info part or a `password=` query parameter)."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}@{hostinfo}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def describe_source(source: str) -> str:
+    """How a source is recorded in training metadata: `file:<absolute path>` or the redacted DSN."""
+    return redact_dsn(source) if is_dsn(source) else f"file:{Path(source).resolve()}"
+
+
+def load_training_data(
+    source: str, lookback_days: int | None = None, query: str | None = None, password: str | None = None
+) -> pd.DataFrame:
+    """Load labelled alerts from a .csv/.parquet file or a `postgresql://` DSN.
+
+    For a database, `query` (default: the configured training query) gets `lookback_days` (default 7) as
+    the bound parameter $1. For a file, `lookback_days` keeps only rows labelled in the last that many days
+    (needs a `labelled_at` column); None keeps every row.
+    """
+    if is_dsn(source):
+        days = TrainingConfig().lookback_days if lookback_days is None else lookback_days
+        frame = asyncio.run(_read_postgres(source, query or DEFAULT_TRAINING_QUERY, days, password))
+        where = f"{redact_dsn(source)} (last {days} days)"
+        if frame.empty:
+            raise JobFailed(
+                f"no labelled alerts in {where}; load some (ml-pipeline demo-data --to DSN) or raise --lookback-days"
+            )
+    else:
+        frame = _read_file(Path(source), lookback_days)
+        where = str(source)
+        if frame.empty:
+            raise UsageError(f"{where} has no labelled alerts{_window_hint(lookback_days)}")
+    return _validated(frame, where)
+
+
+def data_window(source: str, lookback_days: int | None, frame: pd.DataFrame) -> dict[str, Any]:
+    """The `data_window` record of contract A: source (no password), lookback, first/last label time, rows."""
+    start = end = None
+    if TIMESTAMP in frame and len(frame):
+        start, end = frame[TIMESTAMP].min().isoformat(), frame[TIMESTAMP].max().isoformat()
+    elif lookback_days is not None:
+        now = datetime.now(UTC)
+        start, end = (now - timedelta(days=lookback_days)).isoformat(), now.isoformat()
+    return {
+        "source": describe_source(source),
+        "lookback_days": lookback_days,
+        "start": start,
+        "end": end,
+        "rows": len(frame),
+    }
+
+
+def write_alerts_to_postgres(dsn: str, frame: pd.DataFrame, password: str | None = None) -> int:
+    """Create the labelled_alerts table if needed and COPY `frame` into it; returns the number of rows."""
+    missing = [c for c in TABLE_COLUMNS if c not in frame]
+    if missing:
+        raise UsageError(f"cannot write alerts: columns missing: {', '.join(missing)}")
+    return asyncio.run(_copy_into_postgres(dsn, frame, password))
+
+
+# ---- files ----
+
+
+def _read_file(path: Path, lookback_days: int | None) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix not in {".csv", ".parquet", ".pq"}:
+        raise UsageError(f"{path}: unknown file type {suffix or '(none)'!r}; use a .csv or .parquet file")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise UsageError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
+    if lookback_days is None:
+        return frame
+    if TIMESTAMP not in frame:
+        raise UsageError(f"{path} has no {TIMESTAMP} column, so --lookback-days cannot apply; leave it out")
+    labelled = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    return frame[labelled >= pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=lookback_days)]
+
+
+def _window_hint(lookback_days: int | None) -> str:
+    return f" labelled in the last {lookback_days} days" if lookback_days is not None else ""
+
+
+# ---- validation shared by both sources ----
+
+
+def _validated(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    missing = [c for c in (*FEATURE_NAMES, LABEL) if c not in frame]
+    if missing:
+        raise UsageError(
+            f"{where}: columns missing: {', '.join(missing)} (expected {', '.join(FEATURE_NAMES)}, {LABEL})"
+        )
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for name in FEATURE_NAMES:
+        try:
+            out[name] = pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=np.float64)
+        except (ValueError, TypeError):
+            raise UsageError(f"{where}: column {name} holds non-numeric values") from None
+    labels = pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isin(labels, (0.0, 1.0))
+    if bad.any():
+        example = frame[LABEL].to_numpy()[np.flatnonzero(bad)[0]]
+        raise UsageError(f"{where}: {LABEL} must be 0 or 1; {int(bad.sum())} rows are not (first: {example!r})")
+    out[LABEL] = labels.astype(np.int8)
+    if TIMESTAMP in frame:
+        out[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True).to_numpy()
+    return out
+
+
+# ---- PostgreSQL ----
+
+
+async def _connect(dsn: str, password: str | None) -> asyncpg.Connection:
+    shown = redact_dsn(dsn)
+    try:
+        return await asyncpg.connect(dsn, password=password, timeout=CONNECT_TIMEOUT_S)
+    except ValueError as exc:
+        raise UsageError(f"invalid database DSN {shown}: {exc}") from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise JobFailed(f"cannot connect to the training database {shown}: {exc}") from None
+
+
+async def _read_postgres(dsn: str, query: str, lookback_days: int, password: str | None) -> pd.DataFrame:
+    """Stream the query's rows through a server-side cursor, converting each chunk to numpy columns."""
+    conn = await _connect(dsn, password)
+    try:
+        async with conn.transaction(readonly=True):
+            try:
+                statement = await conn.prepare(query)
+            except asyncpg.UndefinedTableError as exc:
+                raise UsageError(
+                    f"{redact_dsn(dsn)}: {exc}; create and fill it with `ml-pipeline demo-data --to DSN` "
+                    f"or apply {files('ml_pipeline.data') / 'schema.sql'}"
+                ) from None
+            except asyncpg.PostgresError as exc:
+                raise UsageError(
+                    f"the training query failed on {redact_dsn(dsn)}: {exc} (see ML_TRAINING_QUERY)"
+                ) from None
+            names = [a.name for a in statement.get_attributes()]
+            wanted = [c for c in (*FEATURE_NAMES, LABEL, TIMESTAMP) if c in names]
+            chunks: dict[str, list[np.ndarray]] = {c: [] for c in wanted}
+            cursor = await statement.cursor(lookback_days)
+            while records := await cursor.fetch(CHUNK_ROWS):
+                for column in wanted:
+                    chunks[column].append(_column(records, names.index(column), column))
+    except (OSError, asyncpg.InterfaceError) as exc:
+        raise JobFailed(f"lost the connection to {redact_dsn(dsn)}: {exc}") from None
+    except asyncpg.PostgresError as exc:
+        raise JobFailed(f"reading training data from {redact_dsn(dsn)} failed: {exc}") from None
+    finally:
+        await conn.close()
+    data = {c: np.concatenate(parts) if parts else np.empty(0) for c, parts in chunks.items()}
+    if TIMESTAMP in data:
+        data[TIMESTAMP] = pd.to_datetime(data[TIMESTAMP].astype(np.int64), unit="us", utc=True)
+    return pd.DataFrame(data)
+
+
+def _column(records: list[asyncpg.Record], index: int, name: str) -> np.ndarray:
+    values = [r[index] for r in records]
+    if name == TIMESTAMP:
+        return pd.to_datetime(values, utc=True).as_unit("us").asi8
+    return np.array(values, dtype=np.float64)
+
+
+async def _copy_into_postgres(dsn: str, frame: pd.DataFrame, password: str | None) -> int:
+    conn = await _connect(dsn, password)
+    try:
+        await conn.execute((files("ml_pipeline.data") / "schema.sql").read_text())
+        result = await conn.copy_records_to_table(TABLE, records=_records(frame), columns=TABLE_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        raise UsageError(
+            f"{redact_dsn(dsn)}: {TABLE} already holds alerts with these ids; use another --seed or empty the table"
+        ) from None
+    except asyncpg.PostgresError as exc:
+        raise JobFailed(f"writing alerts to {redact_dsn(dsn)} failed: {exc}") from None
+    finally:
+        await conn.close()
+    return int(result.split()[-1])
+
+
+def _records(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """Rows as tuples for COPY: NaN features become NULL, timestamps become aware datetimes."""
+    columns: list[Any] = [frame["alert_id"].astype(str).tolist(), frame["caller"].astype(str).tolist()]
+    for name in FEATURE_NAMES:
+        values = frame[name].to_numpy(dtype=np.float64)
+        as_objects = values.astype(object)
+        as_objects[np.isnan(values)] = None
+        columns.append(as_objects.tolist())
+    columns.append(frame[LABEL].astype(int).tolist())
+    columns.append(pd.to_datetime(frame[TIMESTAMP], utc=True).dt.to_pydatetime().tolist())
+    return list(zip(*columns, strict=True))
