@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml setup.py
 	@touch $(STAMP)
 
 # Rebuild the Cython/C extensions in place when a native source changes.
-build: $(STAMP) control/native/.built
+build: $(STAMP) control/native/.built control/proto_gen/fraud_detection_pb2.py
+
+control/proto_gen/fraud_detection_pb2.py: proto/fraud_detection.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=control/proto_gen $<
 
 control/native/.built: $(NATIVE) setup.py
 	$(PY) setup.py --quiet build_ext --inplace -j 2

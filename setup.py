@@ -25,6 +25,7 @@ def native_extension(name: str, sources: list[str], **kwargs) -> Extension:
 
 EXTENSIONS: list[Extension] = [
     native_extension("compiled_model", ["compiled_model.pyx", "vg_model.c"], libraries=["dl", "pthread"]),
+    native_extension("serving_core", ["serving_core.pyx", "vg_core.c", "vg_wire.c", "vg_model.c"], libraries=["dl", "z"]),
 ]
 
 setup(

@@ -1,0 +1,78 @@
+/* The serving core: one call per request decodes, routes, scores, counts and encodes (DESIGN.md).
+ *
+ * Transport-independent (no Python, no gRPC): the grpcio handler and a native C++ gRPC server call the
+ * same functions. Configuration (champion/challenger models, thresholds, challenger cut) is an immutable,
+ * reference-counted snapshot replaced atomically; a request keeps the snapshot it started with, so a
+ * swapped-out model is released when its last in-flight request ends. A mutex guards only the pointer
+ * load + reference increment, never a call. Counters are relaxed atomics, read at scrape time.
+ * Every function is thread-safe.
+ */
+#ifndef VG_CORE_H
+#define VG_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vg_model.h"
+#include "vg_wire.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum vg_slot { VG_CHAMPION = 0, VG_CHALLENGER = 1 };
+enum vg_call { VG_CALL_PREDICT = 0, VG_CALL_STREAM = 1, VG_CALL_BATCH = 2 };
+
+#define VG_MODEL_ID_MAX 128     /* bytes, NUL included */
+#define VG_MAX_MODELS 32        /* counter blocks (distinct model ids) kept; the oldest unused one is reused */
+#define VG_LATENCY_BUCKETS 14   /* finite upper bounds; one more bucket counts the rest (+Inf) */
+#define VG_STATUS_MAX 17        /* gRPC status codes 0..16 */
+
+extern const double vg_latency_bounds_s[VG_LATENCY_BUCKETS];
+
+typedef struct vg_model_counters {
+    char model_id[VG_MODEL_ID_MAX];
+    uint64_t requests;
+    uint64_t fraud;
+    uint64_t latency_ns_sum;
+    uint64_t latency_buckets[VG_LATENCY_BUCKETS + 1]; /* non-cumulative counts per bucket */
+} vg_model_counters;
+
+typedef struct vg_core_stats {
+    uint64_t slot_requests[2]; /* answered by champion (model A) / challenger (model B) */
+    uint64_t errors[VG_STATUS_MAX];
+    int num_models;
+    vg_model_counters models[VG_MAX_MODELS];
+} vg_core_stats;
+
+typedef struct vg_core vg_core;
+
+/* Limits: a Predict/stream message over max_request_bytes, a batch over max_batch_bytes or with more than
+ * max_batch_rows rows is refused with VG_INVALID_ARGUMENT. */
+vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows);
+void vg_core_free(vg_core *core);
+
+/* Put `model` (may be NULL: the slot becomes empty) into a slot with its id and threshold; the core takes
+ * its own reference. Returns VG_OK or VG_INVALID_ARGUMENT with a message. */
+int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold, char *err,
+                      size_t errcap);
+
+/* Requests whose route hash is below `cut` (0..2**32) go to the challenger (contract C). */
+int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap);
+
+/* Space the output of vg_core_handle needs for this request (an upper bound). */
+size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len);
+
+/* Handle one request of kind `call`: writes the encoded response into out[0..cap) and its length into
+ * *out_len. Returns a gRPC status code; on failure err holds a one-line message for the client. */
+int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,
+                   size_t *out_len, char *err, size_t errcap);
+
+/* A consistent-enough copy of the counters (each value is read atomically). */
+void vg_core_read_stats(vg_core *core, vg_core_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VG_CORE_H */

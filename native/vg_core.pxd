@@ -1,0 +1,56 @@
+# The C API of vg_core.h and vg_wire.h (the serving core), for `from vg_core cimport ...`.
+
+from libc.stdint cimport uint8_t, uint64_t
+
+from vg_model cimport vg_model
+
+
+cdef extern from "vg_wire.h" nogil:
+    enum:
+        VG_OK
+        VG_INVALID_ARGUMENT
+        VG_RESOURCE_EXHAUSTED
+        VG_INTERNAL
+        VG_UNAVAILABLE
+        VG_MAX_FEATURES
+
+
+cdef extern from "vg_core.h" nogil:
+    enum:
+        VG_CHAMPION
+        VG_CHALLENGER
+        VG_CALL_PREDICT
+        VG_CALL_STREAM
+        VG_CALL_BATCH
+        VG_MODEL_ID_MAX
+        VG_MAX_MODELS
+        VG_LATENCY_BUCKETS
+        VG_STATUS_MAX
+
+    const double vg_latency_bounds_s[]
+
+    ctypedef struct vg_model_counters:
+        char model_id[128]
+        uint64_t requests
+        uint64_t fraud
+        uint64_t latency_ns_sum
+        uint64_t latency_buckets[15]
+
+    ctypedef struct vg_core_stats:
+        uint64_t slot_requests[2]
+        uint64_t errors[17]
+        int num_models
+        vg_model_counters models[32]
+
+    ctypedef struct vg_core:
+        pass
+
+    vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows)
+    void vg_core_free(vg_core *core)
+    int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold,
+                          char *err, size_t errcap)
+    int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap)
+    size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len)
+    int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,
+                       size_t *out_len, char *err, size_t errcap)
+    void vg_core_read_stats(vg_core *core, vg_core_stats *stats)
