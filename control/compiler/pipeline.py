@@ -1,0 +1,152 @@
+"""compile_model: XGBoost JSON → verified `<out_dir>/<model_id>.so`, each stage timed and reported.
+
+The library is built under a temporary name in `out_dir`, verified there, and only then renamed into place
+(atomic on one filesystem): a refused or interrupted compilation never leaves a `<model_id>.so` behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import tl2cgen
+import treelite
+import xgboost as xgb
+
+from ml_pipeline.compiler.build import DEFAULT_FLAGS, build_shared_library
+from ml_pipeline.compiler.codegen import generate_sources, read_xgboost_model
+from ml_pipeline.compiler.verify import Verification, load_test_sample, threshold_rows, verify_library
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """A verified compiled model: where it is, its hash, how it was built and how it was checked."""
+
+    model_id: str
+    path: Path
+    sha256: str
+    num_features: int
+    num_trees: int
+    compiler: str
+    flags: list[str]
+    versions: dict[str, str]
+    verification: Verification
+    timings: dict[str, float]
+    compiled_at: str
+    translation_units: int = 1
+    codegen_params: dict[str, Any] = field(default_factory=dict)
+
+    def registry_record(self) -> dict[str, Any]:
+        """The dict stored by `ModelRegistry.record_compiled` (contract B)."""
+        return {
+            "path": str(self.path.resolve()),
+            "sha256": self.sha256,
+            "compiler": self.compiler,
+            "flags": self.flags,
+            "versions": self.versions,
+            "verification": asdict(self.verification),
+            "compiled_at": self.compiled_at,
+            "num_trees": self.num_trees,
+            "translation_units": self.translation_units,
+            "codegen_params": self.codegen_params,
+            "timings_s": {stage: round(seconds, 3) for stage, seconds in self.timings.items()},
+        }
+
+
+def toolchain_versions() -> dict[str, str]:
+    """Versions of the libraries that produce and check the artifact (recorded with it)."""
+    return {"treelite": treelite.__version__, "tl2cgen": tl2cgen.__version__, "xgboost": xgb.__version__}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float], progress: Progress) -> Iterator[None]:
+    progress(f"{name}...")
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+    progress(f"{name}: {timings[name]:.2f} s")
+
+
+def compile_model(
+    model_json: Path,
+    out_dir: Path,
+    model_id: str,
+    expected_features: int | None = None,
+    test_sample: Path | None = None,
+    progress: Progress | None = None,
+    codegen_params: dict[str, Any] | None = None,
+    flags: tuple[str, ...] = DEFAULT_FLAGS,
+) -> CompileResult:
+    """Compile an XGBoost JSON binary classifier into `<out_dir>/<model_id>.so`, verified against XGBoost.
+
+    Raises UsageError for a model that cannot be compiled (objective, feature count, unreadable) and
+    VerificationFailed (nothing written) when the library's scores differ from XGBoost's.
+    """
+    report = progress or log.info
+    timings: dict[str, float] = {}
+    model = read_xgboost_model(Path(model_json), expected_features)
+    if model.best_iteration is not None and model.best_iteration + 1 < model.num_trees:
+        log.warning(
+            "%s: best_iteration is %d but the model holds %d trees; all trees are compiled, as XGBoost predicts",
+            model_json,
+            model.best_iteration,
+            model.num_trees,
+        )
+    sample = load_test_sample(test_sample, model.num_features) if test_sample is not None else None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{model_id}.so"
+    report(f"compiling {model_id}: {model.num_trees} trees, {model.num_features} features -> {target}")
+    with tempfile.TemporaryDirectory(prefix=f".{model_id}.build-", dir=out_dir) as work:
+        work_dir = Path(work)
+        with _stage("codegen", timings, report):
+            sources = generate_sources(model, work_dir / "src", codegen_params)
+        library = work_dir / f"{model_id}.so"
+        with _stage("compile", timings, report):
+            build = build_shared_library(sources, library, flags)
+        with _stage("verify", timings, report):
+            generated = threshold_rows(model)
+            reference = xgb.Booster(model_file=str(model.path))
+            verification = verify_library(library, reference, generated, sample)
+        report(
+            f"verified on {verification.rows} rows ({verification.test_rows} test, {verification.threshold_rows} "
+            f"threshold), max |diff| {verification.max_abs_diff:.3g}"
+        )
+        digest = _sha256(library)
+        os.replace(library, target)
+    return CompileResult(
+        model_id=model_id,
+        path=target.resolve(),
+        sha256=digest,
+        num_features=model.num_features,
+        num_trees=model.num_trees,
+        compiler=build.compiler,
+        flags=build.flags,
+        versions=toolchain_versions(),
+        verification=verification,
+        timings=timings,
+        compiled_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        translation_units=build.translation_units,
+        codegen_params=codegen_params or {},
+    )
