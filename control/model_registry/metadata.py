@@ -64,7 +64,7 @@ class ModelMetadata:
         """Plain JSON-ready dict; the keys kept in `extra` come back at the top level."""
         data = asdict(self)
         extra = data.pop("extra")
-        return {**extra, **data}
+        return {**data, **{k: v for k, v in extra.items() if k not in data}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:

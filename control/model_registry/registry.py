@@ -324,8 +324,12 @@ class ModelRegistry:
         rollout: dict[str, Any] | None = None,
         actor: str | None = None,
         reason: str | None = None,
+        expected_generation: int | None = None,
     ) -> ServingState:
-        """Change the champion/challenger split (and the saved rollout state) of the current challenger."""
+        """Change the champion/challenger split (and the saved rollout state) of the current challenger.
+
+        With `expected_generation`, refuse if the serving state changed since the caller read it.
+        """
         champion_share = _check_share("champion_share", champion_share)
         challenger_share = _check_share("challenger_share", challenger_share)
         if abs(champion_share + challenger_share - 1.0) > SHARE_TOLERANCE:
@@ -334,6 +338,11 @@ class ModelRegistry:
             state = self.serving_state()
             if state.challenger_id is None:
                 raise RegistryError("there is no challenger: set one with `ml-pipeline rollout start ID`")
+            if expected_generation is not None and state.generation != expected_generation:
+                raise RegistryError(
+                    f"the serving state changed meanwhile (generation {state.generation}, "
+                    f"expected {expected_generation}): check `ml-pipeline rollout status` and retry"
+                )
             new = self._commit(
                 state, actor, champion_share=champion_share, challenger_share=challenger_share, rollout=rollout
             )
