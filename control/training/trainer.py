@@ -114,7 +114,7 @@ class ModelTrainer:
         self.best_iteration = int(booster.best_iteration)
         self.model = booster[: self.best_iteration + 1]
         self.model.set_attr(best_iteration=str(self.best_iteration))
-        log.info("trained %d rounds, best iteration %d", booster.num_boosted_rounds(), self.best_iteration)
+        log.debug("trained %d rounds, best iteration %d", booster.num_boosted_rounds(), self.best_iteration)
         return history
 
     def predict_from_dmatrix(self, d: xgb.DMatrix) -> np.ndarray:
