@@ -381,6 +381,13 @@ def test_leftovers_of_killed_writers_are_removed_by_the_next_writer(registry, ou
     register(registry, outputs["m1"])
     (registry.root / ".staging" / "xgboost_v9.dead").mkdir()
     (registry.root / ".serving.json.dead.tmp").write_text("{")
+    (registry.model_dir("xgboost_v1") / ".metadata.json.dead.tmp").write_text("{")
     registry.approve_model("xgboost_v1")
     assert list((registry.root / ".staging").iterdir()) == []
-    assert not (registry.root / ".serving.json.dead.tmp").exists()
+    assert not list(registry.root.glob("**/*.tmp"))
+
+
+def test_list_skips_entries_that_are_not_model_folders(registry, outputs):
+    register(registry, outputs["m1"])
+    (registry.models_root / "notes.txt").write_text("not a model")
+    assert [m.model_id for m in registry.list_models()] == ["xgboost_v1"]

@@ -152,7 +152,9 @@ def test_writer_killed_before_renaming_metadata_keeps_the_old_metadata(tmp_path,
     marker = tmp_path / "paused"
     _kill_when_paused(_writer(registry.root, "approve", "c", pause_at="metadata.json", marker=marker), marker)
     assert registry.get_model("c").status == "candidate"
+    assert list(registry.model_dir("c").glob(".metadata.json.*.tmp"))
     assert registry.approve_model("c").status == "approved"
+    assert not list(registry.model_dir("c").glob(".metadata.json.*.tmp"))
 
 
 def test_writers_killed_at_random_points_always_leave_a_valid_registry(tmp_path, output):

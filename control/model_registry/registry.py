@@ -98,9 +98,9 @@ class ModelRegistry:
             return []
         state = self.serving_state()
         models = [
-            self._with_status(self._read_metadata(folder), state)
+            self._with_status(meta, state)
             for folder in self.models_root.iterdir()
-            if folder.is_dir() and not folder.name.startswith(".")
+            if not folder.name.startswith(".") and (meta := self._read_unless_deleted(folder)) is not None
         ]
         models.sort(key=lambda m: (m.created_at, m.model_id))
         return [m for m in models if status is None or m.status == status]
@@ -403,8 +403,9 @@ class ModelRegistry:
     def _remove_leftovers(self) -> None:
         for leftover in self._staging.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
-        for tmp in self.root.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for pattern in (".*.tmp", "models/*/.*.tmp"):
+            for tmp in self.root.glob(pattern):
+                tmp.unlink(missing_ok=True)
 
     def _promote(self, meta: ModelMetadata, action: str, actor: str | None, reason: str | None) -> ServingState:
         state = self.serving_state()
@@ -448,6 +449,15 @@ class ModelRegistry:
 
     def _save_metadata(self, meta: ModelMetadata) -> None:
         storage.write_json_atomic(self.model_dir(meta.model_id) / "metadata.json", meta.to_dict())
+
+    def _read_unless_deleted(self, folder: Path) -> ModelMetadata | None:
+        """Metadata of a listed folder, or None if a concurrent delete removed it meanwhile."""
+        try:
+            return self._read_metadata(folder)
+        except IntegrityError:
+            if folder.is_dir():
+                raise
+            return None
 
     def _read_metadata(self, folder: Path) -> ModelMetadata:
         path = folder / "metadata.json"
