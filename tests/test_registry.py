@@ -334,6 +334,18 @@ def test_tampered_artifact_is_reported_never_served(registry, outputs):
         registry.artifact_path(champion, verify=False)
 
 
+def test_a_tampered_model_is_never_promoted(registry, outputs):
+    champion = with_champion(registry, outputs)
+    other = approved(registry, outputs["m2"])
+    (registry.model_dir(other) / "model.json").write_text("{}")
+    before = registry.serving_state()
+    with pytest.raises(IntegrityError, match="does not match"):
+        registry.promote_to_champion(other)
+    with pytest.raises(IntegrityError, match="does not match"):
+        registry.set_challenger(other, 0.1)
+    assert registry.serving_state() == before and registry.get_champion()[0] == champion
+
+
 def test_corrupt_files_are_named(registry, outputs):
     with_champion(registry, outputs)
     metadata = registry.model_dir("xgboost_v1") / "metadata.json"

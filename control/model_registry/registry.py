@@ -279,6 +279,7 @@ class ModelRegistry:
                 raise RegistryError(f"{model_id} is the champion and cannot also be the challenger")
             if not self._was_approved(meta):
                 raise RegistryError(f"{model_id} is {meta.status}: run `ml-pipeline registry approve {model_id}` first")
+            self.artifact_path(model_id, verify=True)
             previous = state.challenger_id
             new = self._commit(
                 state,
@@ -408,6 +409,7 @@ class ModelRegistry:
                 tmp.unlink(missing_ok=True)
 
     def _promote(self, meta: ModelMetadata, action: str, actor: str | None, reason: str | None) -> ServingState:
+        self.artifact_path(meta.model_id, verify=True)  # a tampered artifact never starts serving
         state = self.serving_state()
         changes: dict[str, Any] = {"champion_id": meta.model_id}
         if state.challenger_id == meta.model_id:
