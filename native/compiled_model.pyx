@@ -17,13 +17,12 @@ cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
-from libc.string cimport strncpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from vg_model cimport (
     vg_entry,
     vg_model,
-    vg_model_open,
+    vg_model_open_fd,
     vg_model_release,
     vg_model_retain,
     vg_model_score,
@@ -41,7 +40,6 @@ cdef enum:
     STACK_FEATURES = 256     # rows up to this width are scored with a scratch on the stack
     ERR_LEN = 1024
     MAX_FEATURES = 1 << 20   # sanity bound on get_num_feature()
-    PATH_LEN = 4096          # sizeof(vg_model.path)
 
 _MFD_EXEC = 0x0010           # Linux >= 6.3: this memfd may be mapped executable
 _COPY_CHUNK = 1 << 20
@@ -113,16 +111,9 @@ cdef class CompiledModel:
                 f"{self._path}: sha256 is {self._sha256}, expected {sha256}; the file changed since it was "
                 "compiled, so it was not loaded (recompile it with `ml-pipeline compile MODEL_ID --force`)"
             )
-        mapped = f"/proc/self/fd/{fd}"
-        try:
-            self._model = vg_model_open(mapped.encode(), err, ERR_LEN)
-        finally:
-            os.close(fd)
+        self._model = vg_model_open_fd(fd, os.fsencode(self._path), err, ERR_LEN)  # owns fd from here on
         if self._model is NULL:
-            message = err.decode("utf-8", "replace").replace(mapped, self._path)
-            raise ModelLoadError(message if self._path in message else f"{self._path}: {message}")
-        strncpy(self._model.path, os.fsencode(self._path), PATH_LEN - 1)
-        self._model.path[PATH_LEN - 1] = 0
+            raise ModelLoadError(err.decode("utf-8", "replace"))
         if self._model.num_feature > MAX_FEATURES:
             raise ModelLoadError(f"{self._path}: get_num_feature() = {self._model.num_feature} is not plausible")
         self._warm_up()

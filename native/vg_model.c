@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int32_t (*int_fn)(void);
 typedef void (*num_class_fn)(int32_t *out);
@@ -21,12 +22,13 @@ static void *resolve(void *handle, const char *name, const char *path, char *err
     return sym;
 }
 
-vg_model *vg_model_open(const char *path, char *err, size_t errlen) {
+/* dlopen `file` (a path or /proc/self/fd/N); messages and m->path name `path`. */
+static vg_model *open_library(const char *file, const char *path, int fd, char *err, size_t errlen) {
     if (strlen(path) >= sizeof(((vg_model *)0)->path)) {
         snprintf(err, errlen, "model path too long (%zu bytes)", strlen(path));
         return NULL;
     }
-    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    void *handle = dlopen(file, RTLD_NOW | RTLD_LOCAL);
     if (handle == NULL) {
         snprintf(err, errlen, "cannot load %s: %s", path, dlerror());
         return NULL;
@@ -77,7 +79,20 @@ vg_model *vg_model_open(const char *path, char *err, size_t errlen) {
     m->predict = predict;
     m->num_feature = num_feature();
     m->refcount = 1;
+    m->fd = fd;
     strcpy(m->path, path);
+    return m;
+}
+
+vg_model *vg_model_open(const char *path, char *err, size_t errlen) { return open_library(path, path, -1, err, errlen); }
+
+vg_model *vg_model_open_fd(int fd, const char *path, char *err, size_t errlen) {
+    char file[64];
+    snprintf(file, sizeof file, "/proc/self/fd/%d", fd);
+    vg_model *m = open_library(file, path, fd, err, errlen);
+    if (m == NULL) {
+        close(fd);
+    }
     return m;
 }
 
@@ -86,6 +101,9 @@ void vg_model_retain(vg_model *m) { __atomic_add_fetch(&m->refcount, 1, __ATOMIC
 void vg_model_release(vg_model *m) {
     if (m != NULL && __atomic_sub_fetch(&m->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
         dlclose(m->handle);
+        if (m->fd >= 0) {
+            close(m->fd);
+        }
         free(m);
     }
 }

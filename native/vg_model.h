@@ -30,13 +30,21 @@ typedef struct vg_model {
     vg_predict_fn predict;   /* generated predict(): adds into result, applies sigmoid when !pred_margin */
     int32_t num_feature;
     int refcount;            /* atomic via __atomic builtins */
+    int fd;                  /* the file dlopen mapped, kept open while loaded (vg_model_open_fd), else -1 */
     char path[4096];
 } vg_model;
 
 /* Open the shared library at `path`, resolve the ABI and check it is a binary classifier with float32
  * thresholds. Returns a model with one reference, or NULL with a message in err. The caller verifies
- * the file's sha256 before calling this (a shared library is code). */
+ * the file's sha256 before calling this (a shared library is code). Beware: the loader returns an already
+ * loaded library of the same path name even when the file was replaced since; vg_model_open_fd has no such trap. */
 vg_model *vg_model_open(const char *path, char *err, size_t errlen);
+
+/* Like vg_model_open, but load the file open as `fd` (e.g. a memfd holding the exact bytes whose sha256 was
+ * checked); `path` names it in messages and m->path. Takes ownership of fd: it stays open while the library
+ * is loaded, which keeps the loader from mistaking a later /proc/self/fd/N for this one, and is closed on
+ * failure or by the last vg_model_release. */
+vg_model *vg_model_open_fd(int fd, const char *path, char *err, size_t errlen);
 
 void vg_model_retain(vg_model *m);
 void vg_model_release(vg_model *m);

@@ -17,6 +17,7 @@ cdef extern from "vg_model.h" nogil:
         char path[4096]
 
     vg_model *vg_model_open(const char *path, char *err, size_t errlen)
+    vg_model *vg_model_open_fd(int fd, const char *path, char *err, size_t errlen)
     void vg_model_retain(vg_model *m)
     void vg_model_release(vg_model *m)
     float vg_model_score(const vg_model *m, const float *row, vg_entry *scratch)
