@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -117,6 +118,12 @@ def _log_native_output(stage: str, text: str) -> None:
         log.debug("%s said: %s", stage, " | ".join(lines))
 
 
+def _first_line(exc: Exception) -> str:
+    """The first line of a Treelite/TL2cgen error without its "[time] file.cc:line:" prefix."""
+    lines = str(exc).strip().splitlines() or [exc.__class__.__name__]
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[0])
+
+
 def translation_units(num_trees: int) -> int:
     """How many C files to split the trees into so gcc can compile them in parallel (1 for small models)."""
     return max(1, num_trees // TREES_PER_TRANSLATION_UNIT)
@@ -128,7 +135,7 @@ def generate_sources(model: XGBoostModel, src_dir: Path, params: dict[str, Any] 
         with _native_output_logged("treelite load"):
             tl_model = treelite.frontend.load_xgboost_model(model.path)
     except treelite.TreeliteError as exc:
-        raise UsageError(f"{model.path}: Treelite cannot read this model: {exc}") from None
+        raise UsageError(f"{model.path}: Treelite cannot read this model: {_first_line(exc)}") from None
     codegen_params: dict[str, Any] = {}
     units = translation_units(model.num_trees)
     if units > 1:
@@ -138,5 +145,5 @@ def generate_sources(model: XGBoostModel, src_dir: Path, params: dict[str, Any] 
         with _native_output_logged("tl2cgen codegen"):
             tl2cgen.generate_c_code(tl_model, src_dir, params=codegen_params)
     except tl2cgen.TL2cgenError as exc:
-        raise UsageError(f"{model.path}: TL2cgen cannot generate code for this model: {exc}") from None
+        raise UsageError(f"{model.path}: TL2cgen cannot generate code for this model: {_first_line(exc)}") from None
     return sorted(Path(src_dir).glob("*.c"))
