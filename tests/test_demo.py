@@ -1,0 +1,40 @@
+"""The main job (`make demo`): every step runs, prints its time, and leaves the model and report behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml_pipeline.config import MLPipelineConfig
+from ml_pipeline.demo import STEPS, DemoRun, check_quality_gate, main
+from ml_pipeline.errors import JobFailed
+from ml_pipeline.training.evaluator import ModelEvaluator
+
+
+def test_demo_runs_every_step_and_writes_its_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo_output"
+    assert main(out) == 0
+    printed = capsys.readouterr().out
+    for number, step in enumerate(STEPS, start=1):
+        assert f"[{number}/{len(STEPS)}] {step.title}" in printed
+    assert printed.count(" s)") == len(STEPS)
+    record = json.loads((out / "model" / "training.json").read_text())
+    assert 0.90 <= record["metrics"]["auc_score"] <= 0.97
+    assert (out / "model" / "model.json").is_file() and (out / "model" / "test_sample.npz").is_file()
+    assert (out / "report" / "index.html").is_file() and (out / "alerts.parquet").is_file()
+
+
+def test_quality_gate_step_stops_the_demo_below_the_minimums(tmp_path: Path) -> None:
+    strict = MLPipelineConfig.from_env({"ML_MIN_AUC_SCORE": "0.95"})
+    run = DemoRun(out=tmp_path, config=strict)
+    run.metrics = ModelEvaluator(0.5).evaluate(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
+    with pytest.raises(JobFailed, match="quality gate failed: AUC 0.7500 < 0.9500"):
+        check_quality_gate(run)
+
+
+def test_demo_with_bad_configuration_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_MODEL_N_ESTIMATORS", "many")
+    assert main(tmp_path / "demo_output") == 2
