@@ -275,18 +275,19 @@ static inline void observe(vg_core *core, const config *cfg, const slot_config *
     add(&c->latency_buckets[b], 1);
 }
 
-/* Scores one decoded, checked row into `resp` and counts it. */
+/* Scores one decoded, checked row into `resp` and counts it: latency_ms is the time since the call arrived
+ * (t_call), the histogram gets the time spent on this row since t_row (the same for a single request). */
 static inline void score(vg_core *core, const config *cfg, const slot_config *slot, const vg_request *req,
-                         uint64_t t0, vg_response *resp) {
+                         uint64_t t_call, uint64_t t_row, vg_response *resp) {
     vg_entry scratch[VG_MAX_FEATURES];
     float p = vg_model_score(slot->model, req->features, scratch);
-    uint64_t ns = now_ns() - t0;
+    uint64_t now = now_ns();
     resp->is_fraud = p >= slot->threshold;
     resp->probability = p;
     resp->model_version = slot->id;
     resp->model_version_len = slot->id_len;
-    resp->latency_ms = (float)((double)ns / 1e6);
-    observe(core, cfg, slot, resp->is_fraud, ns);
+    resp->latency_ms = (float)((double)(now - t_call) / 1e6);
+    observe(core, cfg, slot, resp->is_fraud, now - t_row);
 }
 
 static size_t count_rows(const uint8_t *req, size_t len) {
@@ -333,7 +334,7 @@ static int handle_one(vg_core *core, int call, const uint8_t *req, size_t len, u
         return status;
     }
     vg_response resp;
-    score(core, cfg, slot, &row, t0, &resp);
+    score(core, cfg, slot, &row, t0, t0, &resp);
     resp.request_id = call == VG_CALL_STREAM ? row.request_id : NULL;
     resp.request_id_len = call == VG_CALL_STREAM ? row.request_id_len : 0;
     if (vg_wire_response_size(&resp) > cap) {
@@ -392,10 +393,11 @@ static int handle_batch(vg_core *core, const uint8_t *req, size_t len, uint8_t *
     uint8_t *w = out;
     pos = 0;
     for (size_t i = 1; vg_wire_next_row(req, len, &pos, &data, &row_len, err, errcap) == 1; ++i) {
+        uint64_t t_row = now_ns();
         vg_wire_decode_request(data, row_len, &row, err, errcap);
         const slot_config *slot = route(cfg, &row, row_draw(seed, i));
         vg_response resp;
-        score(core, cfg, slot, &row, t0, &resp);
+        score(core, cfg, slot, &row, t0, t_row, &resp);
         resp.request_id = row.request_id;
         resp.request_id_len = row.request_id_len;
         w = vg_wire_encode_item(&resp, 1, w);
