@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from ml_pipeline.config import ModelConfig
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
 from ml_pipeline.data.generator import generate_alerts
 from ml_pipeline.data.sources import data_window
@@ -135,14 +134,3 @@ def test_test_sample_is_capped_at_5000_rows(tmp_path: Path) -> None:
     metrics = ModelEvaluator().evaluate(trainer.splits["test"].y, trainer.predict_from_dmatrix(dtest))
     write_training_output(tmp_path, trainer, metrics.to_dict(), {"source": "file:x", "rows": 30_000})
     assert np.load(tmp_path / "test_sample.npz")["X"].shape == (5_000, 8)
-
-
-def test_defaults_on_demo_sized_data_are_good_but_not_perfect() -> None:
-    """The generator's promise: default hyperparameters reach AUC 0.90-0.97 and pass the default gate."""
-    gate = ModelConfig()
-    trainer = ModelTrainer()
-    dtrain, dval, dtest = trainer.prepare_data(generate_alerts(100_000, seed=42))
-    trainer.train(dtrain, dval)
-    metrics = ModelEvaluator(gate.threshold).evaluate(trainer.splits["test"].y, trainer.predict_from_dmatrix(dtest))
-    assert 0.90 <= metrics.auc_score <= 0.97
-    assert metrics.passes_thresholds(gate.min_auc_score, gate.min_precision, gate.min_recall), metrics
