@@ -23,6 +23,13 @@ build: $(STAMP) control/native/.built control/proto_gen/fraud_detection_pb2.py
 control/proto_gen/fraud_detection_pb2.py: proto/fraud_detection.proto
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=control/proto_gen $<
 
+# The Node.js client of the end-to-end tests (@grpc/grpc-js); the tests run `make node-client` themselves.
+.PHONY: node-client
+node-client: tests/node_client/node_modules/.package-lock.json
+
+tests/node_client/node_modules/.package-lock.json: tests/node_client/package.json tests/node_client/package-lock.json
+	npm ci --prefix tests/node_client --no-audit --no-fund --loglevel=error
+
 control/native/.built: $(NATIVE) setup.py
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 	@touch $@
