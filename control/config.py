@@ -18,7 +18,7 @@ from ml_pipeline.errors import ConfigError
 
 DEFAULT_TRAINING_QUERY = (
     "SELECT call_rate_per_hour, avg_call_duration_s, unique_destinations_ratio, international_ratio, "
-    "short_call_ratio, night_call_ratio, cli_mismatch_ratio, sim_age_days, is_fraud "
+    "short_call_ratio, night_call_ratio, cli_mismatch_ratio, sim_age_days, is_fraud, labelled_at "
     "FROM labelled_alerts WHERE labelled_at >= now() - make_interval(days => $1) "
     "ORDER BY labelled_at"
 )
@@ -287,6 +287,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("ML_TRAINING_SCHEDULE", "0 2 * * *", _cron, "retraining cron schedule"),
     EnvVar("ML_TRAINING_TIMEZONE", "Africa/Lagos", _timezone, "time zone of the schedule (WAT)"),
     EnvVar("YUGABYTE_HOST", "localhost", _text, "training database host"),
+    EnvVar("ML_RETRAIN_MIN_IMPROVEMENT", "0.02", RATIO, "retraining: AUC gain over the champion to propose a model"),
+    EnvVar("ML_RETRAIN_MIN_ROWS", "1000", _int_in(1, 10**10), "retraining: fewest labelled alerts a run trains on"),
+    EnvVar("ML_RETRAIN_RUNS_PATH", None, _text, "retraining run records [default: retrain_runs beside the registry]"),
+    EnvVar("ML_RETRAIN_CATCH_UP", "true", _bool, "scheduler: on start, run the last slot missed while down (once)"),
+    EnvVar("ML_RETRAIN_WEBHOOK_URL", None, _text, "retraining: POST each run's JSON summary here", secret=True),
+    EnvVar("ML_RETRAIN_WEBHOOK_TIMEOUT_S", "10", _float_in(0.0, 300.0, open_low=True), "webhook timeout per attempt"),
+    EnvVar("ML_RETRAIN_WEBHOOK_ATTEMPTS", "3", _int_in(1, 10), "webhook attempts (exponential backoff between)"),
+    EnvVar("ML_RETRAIN_DASK_SCHEDULER", None, _text, "retraining: train on this Dask scheduler (tcp://host:8786)"),
     EnvVar("YUGABYTE_PORT", "5433", PORT, "training database port"),
     EnvVar("YUGABYTE_DB", "voxguard", _text, "training database name"),
     EnvVar("YUGABYTE_USER", "voxguard", _text, "training database user"),

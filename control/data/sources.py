@@ -52,17 +52,28 @@ def describe_source(source: str) -> str:
 
 
 def load_training_data(
-    source: str, lookback_days: int | None = None, query: str | None = None, password: str | None = None
+    source: str,
+    lookback_days: int | None = None,
+    query: str | None = None,
+    password: str | None = None,
+    between: tuple[datetime, datetime | None] | None = None,
 ) -> pd.DataFrame:
     """Load labelled alerts from a .csv/.parquet file or a `postgresql://` DSN.
 
     For a database, `query` (default: the configured training query) gets `lookback_days` (default 7) as
-    the bound parameter $1. For a file, `lookback_days` keeps only rows labelled in the last that many days
-    (needs a `labelled_at` column); None keeps every row.
+    the bound parameter $1; `between` = (start, end or None) keeps only its rows with start <= labelled_at
+    < end (one partition of the window, read in parallel by Dask workers). For a file, `lookback_days`
+    keeps only rows labelled in the last that many days (needs a `labelled_at` column); None keeps every row.
     """
     if is_dsn(source):
         days = TrainingConfig().lookback_days if lookback_days is None else lookback_days
-        frame = asyncio.run(_read_postgres(source, query or DEFAULT_TRAINING_QUERY, days, password))
+        sql = query or DEFAULT_TRAINING_QUERY
+        if between is not None:
+            sql = (
+                f"SELECT * FROM ({_bare(sql)}) AS part "
+                f"WHERE part.{TIMESTAMP} >= $2 AND ($3::timestamptz IS NULL OR part.{TIMESTAMP} < $3)"
+            )
+        frame = asyncio.run(_read_postgres(source, sql, days, password, *(between or ())))
         where = f"{redact_dsn(source)} (last {days} days)"
         if frame.empty:
             raise JobFailed(
@@ -74,6 +85,14 @@ def load_training_data(
         if frame.empty:
             raise UsageError(f"{where} has no labelled alerts{_window_hint(lookback_days)}")
     return _validated(frame, where)
+
+
+def window_extent(
+    dsn: str, lookback_days: int, query: str | None = None, password: str | None = None
+) -> tuple[datetime | None, datetime | None, int]:
+    """First and last label time and row count of the training query's window (to cut it into partitions)."""
+    sql = f"SELECT min({TIMESTAMP}), max({TIMESTAMP}), count(*) FROM ({_bare(query or DEFAULT_TRAINING_QUERY)}) AS w"
+    return asyncio.run(_fetch_extent(dsn, sql, lookback_days, password))
 
 
 def data_window(source: str, lookback_days: int | None, frame: pd.DataFrame) -> dict[str, Any]:
@@ -165,7 +184,28 @@ async def _connect(dsn: str, password: str | None) -> asyncpg.Connection:
         raise JobFailed(f"cannot connect to the training database {shown}: {exc}") from None
 
 
-async def _read_postgres(dsn: str, query: str, lookback_days: int, password: str | None) -> pd.DataFrame:
+def _bare(query: str) -> str:
+    return query.strip().rstrip(";")
+
+
+async def _fetch_extent(
+    dsn: str, sql: str, lookback_days: int, password: str | None
+) -> tuple[datetime | None, datetime | None, int]:
+    conn = await _connect(dsn, password)
+    try:
+        start, end, rows = await conn.fetchrow(sql, lookback_days)
+    except asyncpg.UndefinedColumnError as exc:
+        raise UsageError(f"the training query must return {TIMESTAMP} to be read in partitions: {exc}") from None
+    except asyncpg.PostgresError as exc:
+        raise UsageError(f"the training query failed on {redact_dsn(dsn)}: {exc} (see ML_TRAINING_QUERY)") from None
+    finally:
+        await conn.close()
+    return start, end, int(rows)
+
+
+async def _read_postgres(
+    dsn: str, query: str, lookback_days: int, password: str | None, *bounds: datetime | None
+) -> pd.DataFrame:
     """Stream the query's rows through a server-side cursor, converting each chunk to numpy columns."""
     conn = await _connect(dsn, password)
     try:
@@ -184,7 +224,7 @@ async def _read_postgres(dsn: str, query: str, lookback_days: int, password: str
             names = [a.name for a in statement.get_attributes()]
             wanted = [c for c in (*FEATURE_NAMES, LABEL, TIMESTAMP) if c in names]
             chunks: dict[str, list[np.ndarray]] = {c: [] for c in wanted}
-            cursor = await statement.cursor(lookback_days)
+            cursor = await statement.cursor(lookback_days, *bounds)
             while records := await cursor.fetch(CHUNK_ROWS):
                 for column in wanted:
                     chunks[column].append(_column(records, names.index(column), column))
@@ -194,7 +234,8 @@ async def _read_postgres(dsn: str, query: str, lookback_days: int, password: str
         raise JobFailed(f"reading training data from {redact_dsn(dsn)} failed: {exc}") from None
     finally:
         await conn.close()
-    data = {c: np.concatenate(parts) if parts else np.empty(0) for c, parts in chunks.items()}
+    # One column at a time, dropping its chunks as soon as they are joined: peak = the data + one column.
+    data = {c: np.concatenate(parts) if (parts := chunks.pop(c)) else np.empty(0) for c in wanted}
     if TIMESTAMP in data:
         data[TIMESTAMP] = pd.to_datetime(data[TIMESTAMP].astype(np.int64), unit="us", utc=True)
     return pd.DataFrame(data)

@@ -37,6 +37,15 @@ class Split:
     y: np.ndarray
 
 
+def stratified_split(X: np.ndarray, y: np.ndarray, random_state: int) -> dict[str, Split]:
+    """Seeded 70/10/20 train/val/test split, stratified on the label (also run per partition on Dask)."""
+    X_rest, X_test, y_rest, y_test = train_test_split(X, y, test_size=0.2, stratify=y, random_state=random_state)
+    X_train, X_val, y_train, y_val = train_test_split(
+        X_rest, y_rest, test_size=0.125, stratify=y_rest, random_state=random_state
+    )
+    return {"train": Split(X_train, y_train), "val": Split(X_val, y_val), "test": Split(X_test, y_test)}
+
+
 class ModelTrainer:
     """Train an XGBoost binary fraud classifier on the eight FEATURE_NAMES (the original design's API)."""
 
@@ -83,13 +92,7 @@ class ModelTrainer:
                 f"training needs at least {MIN_ROWS_PER_CLASS} fraud and {MIN_ROWS_PER_CLASS} normal rows; "
                 f"got {counts[1]} fraud and {counts[0]} normal (widen the data window)"
             )
-        X_rest, X_test, y_rest, y_test = train_test_split(
-            X, y, test_size=0.2, stratify=y, random_state=self.random_state
-        )
-        X_train, X_val, y_train, y_val = train_test_split(
-            X_rest, y_rest, test_size=0.125, stratify=y_rest, random_state=self.random_state
-        )
-        self.splits = {"train": Split(X_train, y_train), "val": Split(X_val, y_val), "test": Split(X_test, y_test)}
+        self.splits = stratified_split(X, y, self.random_state)
         return tuple(  # type: ignore[return-value]
             xgb.DMatrix(s.X, label=s.y, feature_names=FEATURE_NAMES) for s in self.splits.values()
         )
