@@ -4,9 +4,15 @@ Sources are in native/; each extension is built as ml_pipeline.native.<name>, so
 install places the compiled modules inside control/native/ (see DESIGN.md).
 """
 
+import sys
+from pathlib import Path
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "native"))
+from grpc_build import grpc_transport_extensions  # noqa: E402 (native/grpc_build.py)
 
 COMPILE_ARGS = ["-O3", "-fno-strict-aliasing"]
 
@@ -26,6 +32,7 @@ def native_extension(name: str, sources: list[str], **kwargs) -> Extension:
 EXTENSIONS: list[Extension] = [
     native_extension("compiled_model", ["compiled_model.pyx", "vg_model.c"], libraries=["dl", "pthread"]),
     native_extension("serving_core", ["serving_core.pyx", "vg_core.c", "vg_wire.c", "vg_model.c"], libraries=["dl", "z"]),
+    *grpc_transport_extensions(COMPILE_ARGS),
 ]
 
 setup(

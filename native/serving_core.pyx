@@ -8,7 +8,7 @@ configures the core (`set_champion`, `set_challenger`, `set_split`) and reads `c
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.pycapsule cimport PyCapsule_GetPointer
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
@@ -65,6 +65,12 @@ cdef class ServingCore:
         cdef bytes encoded = (model_id or "").encode("utf-8")
         if vg_core_set_model(self._core, slot, model, encoded, threshold, err, ERR_LEN) != VG_OK:
             raise ValueError(err.decode("utf-8", "replace"))
+
+    def capsule(self):
+        """PyCapsule "voxguard.vg_core" holding this core's pointer, for another extension (the native transport).
+
+        It owns nothing: whoever takes the pointer keeps this ServingCore alive for as long as it uses it."""
+        return PyCapsule_New(self._core, "voxguard.vg_core", NULL)
 
     def set_champion(self, capsule, str model_id, float threshold) -> None:
         """Serve `capsule` (CompiledModel.capsule()) as the champion `model_id`, flagging p >= threshold."""

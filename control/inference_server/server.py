@@ -9,6 +9,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from grpc import aio
@@ -21,9 +22,13 @@ from ml_pipeline.errors import PipelineError
 from ml_pipeline.inference_server.convergence import RegistryConvergence
 from ml_pipeline.inference_server.handlers import SERVICE_NAME, fraud_detection_handler
 from ml_pipeline.inference_server.metrics import CoreCollector, metrics_registry
+from ml_pipeline.inference_server.transport import AUTO, resolve_transport, start_native_transport
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.native.serving_core import ServingCore
 from ml_pipeline.proto_gen import fraud_detection_pb2
+
+if TYPE_CHECKING:
+    from ml_pipeline.native.native_transport import NativeTransport
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class InferenceServer:
         max_request_bytes: int = 16 * 1024,
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_batch_rows: int = 10_000,
+        transport: str = AUTO,
     ) -> None:
         self.registry = ModelRegistry(registry_path)
         self.host = host
@@ -68,11 +74,13 @@ class InferenceServer:
         self.shutdown_grace = shutdown_grace
         self.reuse_port = reuse_port
         self.max_batch_bytes = max_batch_bytes
+        self.transport = resolve_transport(transport)
         self.core = ServingCore(max_request_bytes, max_batch_bytes, max_batch_rows)
         self.convergence = RegistryConvergence(self.registry, self.core, enable_ab_testing)
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="inference")
         self._health = health.aio.HealthServicer()
         self._server: aio.Server | None = None
+        self._native: NativeTransport | None = None
         self._metrics_httpd: WSGIServer | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
@@ -96,18 +104,23 @@ class InferenceServer:
         """Load the registry's models, bind the port, start serving, metrics and the registry watcher."""
         self._stopping, self._stopped = asyncio.Event(), asyncio.Event()
         await self._converge(force=True)
-        options = [
-            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
-            ("grpc.max_receive_message_length", self.max_batch_bytes + 4096),
-        ]
-        self._server = aio.server(migration_thread_pool=self._executor, options=options)
-        self._server.add_generic_rpc_handlers((fraud_detection_handler(self.core),))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        service = fraud_detection_pb2.DESCRIPTOR.services_by_name[SERVICE_NAME].full_name
-        reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        self.port = self._server.add_insecure_port(address)
-        await self._server.start()
+        if self.transport == "native":
+            self._native = start_native_transport(self.core, address, self.max_batch_bytes + 4096, self.reuse_port)
+            self._native.set_serving(self.convergence.champion is not None)
+            self.port = self._native.port
+        else:
+            options = [
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+                ("grpc.max_receive_message_length", self.max_batch_bytes + 4096),
+            ]
+            self._server = aio.server(migration_thread_pool=self._executor, options=options)
+            self._server.add_generic_rpc_handlers((fraud_detection_handler(self.core),))
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+            service = fraud_detection_pb2.DESCRIPTOR.services_by_name[SERVICE_NAME].full_name
+            reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+            self.port = self._server.add_insecure_port(address)
+            await self._server.start()
         if self.metrics_port is not None:
             registry = metrics_registry(CoreCollector(self.core, lambda: dict(self.convergence.events)))
             self._metrics_httpd, _ = start_http_server(self.metrics_port, addr=self.host, registry=registry)
@@ -115,9 +128,10 @@ class InferenceServer:
         self._watcher = asyncio.create_task(self._watch_registry())
         champion = self.convergence.champion
         log.info(
-            "serving FraudDetection on %s:%d (metrics port %s), champion %s",
+            "serving FraudDetection on %s:%d (%s transport, metrics port %s), champion %s",
             self.host,
             self.port,
+            self.transport,
             self.metrics_port,
             champion.model_id if champion else "none yet (UNAVAILABLE until one is promoted and compiled)",
         )
@@ -149,6 +163,8 @@ class InferenceServer:
                 await self._watcher
         if self._server is not None:
             await self._server.stop(grace)
+        if self._native is not None:
+            await asyncio.to_thread(self._native.shutdown, grace)
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
@@ -176,5 +192,7 @@ class InferenceServer:
         assert self._stopping is not None
         if not self._stopping.is_set():
             status = SERVING if self.convergence.champion is not None else NOT_SERVING
+            if self._native is not None:
+                self._native.set_serving(status == SERVING)
             for name in ("", SERVICE_NAME):
                 await self._health.set(name, status)
