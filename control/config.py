@@ -268,6 +268,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("ML_TLS_CERT_FILE", None, _text, "PEM certificate (chain) of the gRPC port; with the key: TLS"),
     EnvVar("ML_TLS_KEY_FILE", None, _text, "PEM private key of ML_TLS_CERT_FILE"),
     EnvVar("ML_TLS_CLIENT_CA_FILE", None, _text, "PEM CA; when set, clients need a certificate it signed (mTLS)"),
+    EnvVar("ML_INFERENCE_TRANSPORT", "auto", _text, "gRPC transport: native, grpcio, or auto (native when built)"),
     EnvVar("ML_INFERENCE_WORKERS", "1", _int_in(1, 256), "server processes sharing the gRPC port (SO_REUSEPORT)"),
     EnvVar("ML_REGISTRY_POLL_SECONDS", "1.0", _float_in(0.0, 3600.0, open_low=True), "registry polling interval"),
     EnvVar("ML_SHUTDOWN_GRACE_SECONDS", "10", _float_in(0.0, 3600.0), "SIGTERM: time in-flight calls get to finish"),
