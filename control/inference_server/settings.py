@@ -10,6 +10,7 @@ from typing import Any
 from ml_pipeline.config import ENV_VARS, MLPipelineConfig
 from ml_pipeline.errors import UsageError
 from ml_pipeline.inference_server.server import InferenceServer
+from ml_pipeline.inference_server.transport import AUTO, transport_name
 
 
 def _env_value(name: str, environ: Mapping[str, str]) -> Any:
@@ -29,6 +30,7 @@ class ServerSettings:
     poll_seconds: float = 1.0
     shutdown_grace: float = 10.0
     enable_ab_testing: bool = True
+    transport: str = AUTO
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -45,6 +47,7 @@ class ServerSettings:
             poll_seconds=_env_value("ML_REGISTRY_POLL_SECONDS", env),
             shutdown_grace=_env_value("ML_SHUTDOWN_GRACE_SECONDS", env),
             enable_ab_testing=_env_value("ML_ENABLE_AB_TESTING", env),
+            transport=_env_value("ML_INFERENCE_TRANSPORT", env),
         )
 
     def with_overrides(self, **changes: Any) -> ServerSettings:
@@ -52,6 +55,7 @@ class ServerSettings:
         settings = replace(self, **{k: v for k, v in changes.items() if v is not None})
         if settings.workers > 1 and settings.port == 0:
             raise UsageError("--workers > 1 needs a fixed --port (the processes share it)")
+        transport_name(settings.transport)  # UsageError now, not in each worker
         return settings
 
     def make_server(self, worker_index: int = 0) -> InferenceServer:
@@ -69,4 +73,5 @@ class ServerSettings:
             poll_seconds=self.poll_seconds,
             shutdown_grace=self.shutdown_grace,
             reuse_port=self.workers > 1,
+            transport=self.transport,
         )

@@ -37,13 +37,19 @@ def native_unavailable_reason() -> str | None:
     return None
 
 
+def transport_name(requested: str) -> str:
+    """`requested` normalised ("native", "grpcio" or "auto"); UsageError for anything else."""
+    choice = requested.strip().lower()
+    if choice not in (*TRANSPORTS, AUTO):
+        raise UsageError(f"unknown transport {requested!r}: use native, grpcio or auto (ML_INFERENCE_TRANSPORT)")
+    return choice
+
+
 def resolve_transport(requested: str = AUTO) -> str:
     """The transport to serve with: `requested`, or for "auto" native when built, else grpcio (logged, with why).
 
     Raises UsageError for an unknown name, or for "native" when the extension is not built."""
-    choice = requested.strip().lower()
-    if choice not in (*TRANSPORTS, AUTO):
-        raise UsageError(f"unknown transport {requested!r}: use native, grpcio or auto (ML_INFERENCE_TRANSPORT)")
+    choice = transport_name(requested)
     if choice == "grpcio":
         return choice
     reason = native_unavailable_reason()
