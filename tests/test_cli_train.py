@@ -104,7 +104,9 @@ def test_failed_quality_gate_exits_1_and_keeps_the_output(
     capsys: pytest.CaptureFixture[str], alerts_csv: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "strict"
-    code, stdout, err = run_cli(capsys, "train", "--data", str(alerts_csv), "--out", str(out), "--threshold", "0.999")
+    code, stdout, err = run_cli(
+        capsys, "train", "--data", str(alerts_csv), "--out", str(out), "--threshold", "0.999", "--n-estimators", "10"
+    )
     assert code == 1
     assert err.startswith("error: quality gate failed") and err.count("\n") == 1
     assert "FAILED" in stdout
