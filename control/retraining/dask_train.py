@@ -1,0 +1,215 @@
+"""Retraining on a Dask cluster through XGBoost's own Dask integration (`xgboost.dask`).
+
+The lookback window is cut into time partitions; each Dask worker reads its partition from PostgreSQL
+itself (the same training query, one server-side cursor per partition) and splits it 70/10/20, stratified
+and seeded, so the data never passes through this process. XGBoost trains on the workers' train parts with
+early stopping on their validation parts; the test parts (20 %) are gathered here, so the evaluation, the
+gate, the champion comparison and the registry are the same as for a run on one machine.
+A file source is read here and scattered to the workers in partitions.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xgboost as xgb
+from distributed import Client, Future
+from xgboost import dask as dxgb
+
+from ml_pipeline.config import MLPipelineConfig
+from ml_pipeline.data.features import FEATURE_NAMES, LABEL
+from ml_pipeline.data.sources import data_window, describe_source, is_dsn, load_training_data, window_extent
+from ml_pipeline.errors import JobFailed
+from ml_pipeline.retraining.run import TrainedModel, check_rows, timed, window_text
+from ml_pipeline.training.evaluator import ModelEvaluator
+from ml_pipeline.training.trainer import MIN_ROWS_PER_CLASS, ModelTrainer, Split, stratified_split
+
+PARTITION_ROWS = 250_000
+CONNECT_TIMEOUT_S = 30
+PARTS = ("train", "val", "test")
+
+
+def train_on_dask(
+    address: str,
+    config: MLPipelineConfig,
+    source: str,
+    min_rows: int,
+    password: str | None,
+    timings: dict[str, float],
+) -> TrainedModel:
+    """Steps 1-4 on the Dask cluster at `address`: read partitions in parallel, train, evaluate here."""
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise JobFailed(f"cannot reach the Dask scheduler {address}: {exc}") from None
+    with client:
+        trainer = DaskModelTrainer(
+            client,
+            max_depth=config.model.max_depth,
+            learning_rate=config.model.learning_rate,
+            n_estimators=config.model.n_estimators,
+        )
+        lookback = config.training.lookback_days
+        with timed(timings, "extract"):
+            window = trainer.load(source, lookback, config.training.training_query, password)
+        rows = trainer.rows
+        check_rows(rows["total"], rows["fraud"], min_rows, window_text(window))
+        with timed(timings, "train"):
+            trainer.train(*trainer.dask_matrices())
+        with timed(timings, "evaluate"):
+            test = trainer.splits["test"]
+            proba = trainer.predict_from_dmatrix(xgb.DMatrix(test.X, feature_names=FEATURE_NAMES))
+            metrics = ModelEvaluator(config.model.threshold).evaluate(test.y, proba)
+    return TrainedModel(trainer, metrics, window, rows)
+
+
+class DaskModelTrainer(ModelTrainer):
+    """ModelTrainer whose data lives on Dask workers: `load`, then `train(*dask_matrices())`.
+
+    After `load`, `splits["train"]` and `splits["val"]` hold dask arrays on the workers and `splits["test"]`
+    numpy arrays here; after `train`, the model is an ordinary Booster trimmed to the best iteration.
+    """
+
+    def __init__(self, client: Client, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.client = client
+        self.rows: dict[str, int] = {}
+        self._parts: list[Future] = []
+
+    def load(self, source: str, lookback_days: int, query: str, password: str | None) -> dict[str, Any]:
+        """Read the window into split partitions on the workers; returns the data window record."""
+        if is_dsn(source):
+            start, end, total = window_extent(source, lookback_days, query, password)
+            if total == 0:
+                raise JobFailed(f"no labelled alerts in {describe_source(source)} (last {lookback_days} days)")
+            bounds = time_partitions(start, end, self._partition_count(total))
+            self._parts = [
+                self.client.submit(
+                    read_and_split, source, lookback_days, query, password, bound, self.random_state + i, pure=False
+                )
+                for i, bound in enumerate(bounds)
+            ]
+            window = {
+                "source": describe_source(source),
+                "lookback_days": lookback_days,
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "rows": total,
+            }
+        else:
+            frame = load_training_data(source, lookback_days)
+            window = data_window(source, lookback_days, frame)
+            X, y = frame[FEATURE_NAMES].to_numpy(np.float32), frame[LABEL].to_numpy(np.int8)
+            count = self._partition_count(len(frame))
+            self._parts = [
+                self.client.submit(
+                    split_partition, *self.client.scatter([X[i::count], y[i::count]]), self.random_state + i
+                )
+                for i in range(count)
+            ]
+        self._gather_test_split()
+        return {**window, "rows": self.rows["total"]}
+
+    def dask_matrices(self) -> tuple[dxgb.DaskDMatrix, dxgb.DaskDMatrix]:
+        """Train and validation DaskDMatrix over the workers' partitions."""
+        matrices = []
+        for part in ("train", "val"):
+            split = self.splits[part]
+            matrices.append(dxgb.DaskDMatrix(self.client, split.X, split.y, feature_names=FEATURE_NAMES))
+        return matrices[0], matrices[1]
+
+    def train(  # type: ignore[override]
+        self, dtrain: dxgb.DaskDMatrix, dval: dxgb.DaskDMatrix, early_stopping_rounds: int = 20
+    ) -> dict[str, Any]:
+        """Boost on the cluster with early stopping on the validation parts; keep the best iteration."""
+        result = dxgb.train(
+            self.client,
+            self.params,
+            dtrain,
+            num_boost_round=self.n_estimators,
+            evals=[(dtrain, "train"), (dval, "val")],
+            early_stopping_rounds=early_stopping_rounds,
+            verbose_eval=False,
+        )
+        booster: xgb.Booster = result["booster"]
+        self.best_iteration = int(booster.best_iteration)
+        self.model = booster[: self.best_iteration + 1]
+        self.model.set_attr(best_iteration=str(self.best_iteration))
+        return result["history"]
+
+    def _partition_count(self, rows: int) -> int:
+        workers = max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        return max(workers, math.ceil(rows / PARTITION_ROWS))
+
+    def _gather_test_split(self) -> None:
+        """Sizes of every part, dask arrays for train/val, and the test rows gathered here."""
+        sizes = self.client.gather([self.client.submit(_sizes, p) for p in self._parts])
+        for part in ("train", "val"):
+            lengths = [s[part] for s in sizes]
+            self.splits[part] = Split(
+                X=_stack(self._parts, part, 0, lengths, (len(FEATURE_NAMES),), np.float32),
+                y=_stack(self._parts, part, 1, lengths, (), np.int8),
+            )
+        tests = self.client.gather([self.client.submit(_pick, p, "test") for p in self._parts])
+        self.splits["test"] = Split(X=np.concatenate([t[0] for t in tests]), y=np.concatenate([t[1] for t in tests]))
+        self.rows = {
+            "total": sum(s["train"] + s["val"] + s["test"] for s in sizes),
+            "fraud": sum(s["fraud"] for s in sizes),
+            **{part: sum(s[part] for s in sizes) for part in PARTS},
+        }
+
+
+def time_partitions(start: datetime, end: datetime, count: int) -> list[tuple[datetime, datetime | None]]:
+    """`count` consecutive half-open time ranges covering [start, end]; the last one is open-ended."""
+    step = (end - start) / count
+    edges = [start + step * i for i in range(count)]
+    return [(lo, edges[i + 1] if i + 1 < count else None) for i, lo in enumerate(edges)]
+
+
+def read_and_split(
+    source: str,
+    lookback_days: int,
+    query: str,
+    password: str | None,
+    bound: tuple[datetime, datetime | None],
+    seed: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """On a worker: read one time partition of the window and split it (see split_partition)."""
+    frame = load_training_data(source, lookback_days, query=query, password=password, between=bound)
+    return split_partition(frame[FEATURE_NAMES].to_numpy(np.float32), frame[LABEL].to_numpy(np.int8), seed)
+
+
+def split_partition(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The seeded, stratified 70/10/20 split of one partition; one too small to stratify goes to training."""
+    if np.bincount(y, minlength=2).min() < MIN_ROWS_PER_CLASS:
+        empty = (X[:0], y[:0])
+        return {"train": (X, y), "val": empty, "test": empty}
+    return {name: (s.X, s.y) for name, s in stratified_split(X, y, seed).items()}
+
+
+def _sizes(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, int]:
+    return {**{name: len(parts[name][1]) for name in PARTS}, "fraud": int(sum(parts[n][1].sum() for n in PARTS))}
+
+
+def _pick(parts: dict[str, tuple[np.ndarray, np.ndarray]], name: str) -> tuple[np.ndarray, np.ndarray]:
+    return parts[name]
+
+
+def _field(parts: dict[str, tuple[np.ndarray, np.ndarray]], name: str, index: int) -> np.ndarray:
+    return parts[name][index]
+
+
+def _stack(
+    futures: list[Future], part: str, index: int, lengths: list[int], tail: tuple[int, ...], dtype: type
+) -> da.Array:
+    pieces = [
+        da.from_delayed(dask.delayed(_field)(f, part, index), shape=(n, *tail), dtype=dtype)
+        for f, n in zip(futures, lengths, strict=True)
+        if n
+    ]
+    return da.concatenate(pieces)
