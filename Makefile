@@ -9,7 +9,18 @@ REGISTRY ?= $(or $(ML_MODEL_REGISTRY_PATH),models/registry)
 
 .PHONY: install build test lint demo bench compile-model proto clean
 
-install: $(STAMP) build
+install: native-deps $(STAMP) build
+
+# Debian's gRPC C++ packages for the native transport: installed when missing and run as root, else the script
+# says what to install (the project still builds and serves with grpcio). build/grpc-version changes when they
+# appear or change, so the extensions are rebuilt with (or without) the native transport.
+.PHONY: native-deps
+native-deps:
+	@scripts/install_native_deps.sh
+	@mkdir -p build; v="$$(pkg-config --modversion grpc++ 2>/dev/null || echo absent)"; \
+	  [ "$$(cat build/grpc-version 2>/dev/null)" = "$$v" ] || echo "$$v" > build/grpc-version
+
+build/grpc-version: native-deps
 
 $(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +41,7 @@ node-client: tests/node_client/node_modules/.package-lock.json
 tests/node_client/node_modules/.package-lock.json: tests/node_client/package.json tests/node_client/package-lock.json
 	npm ci --prefix tests/node_client --no-audit --no-fund --loglevel=error
 
-control/native/.built: $(NATIVE) setup.py
+control/native/.built: $(NATIVE) setup.py native/grpc_build.py proto/fraud_detection.proto build/grpc-version
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 	@touch $@
 
