@@ -1,0 +1,120 @@
+"""The Kubernetes manifests in deploy/k8s: every file validates offline against the schemas of a fixed
+Kubernetes version (kubernetes-validate, strict: unknown fields are errors), the kustomization lists them all,
+and the Deployment keeps the promises of the runbook (resources, gRPC probes, drain, read-only models)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ml_pipeline.config import ENV_VARS
+
+K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.30.0"
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    """The non-empty YAML documents of a file."""
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def resource(kind: str, name: str) -> dict[str, Any]:
+    """The one manifest of this kind and name."""
+    found = [
+        doc for path in MANIFESTS for doc in documents(path) if (doc["kind"], doc["metadata"]["name"]) == (kind, name)
+    ]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} manifests"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def deployment() -> dict[str, Any]:
+    """The inference Deployment."""
+    return resource("Deployment", "voxguard-ml-inference")
+
+
+@pytest.fixture(scope="module")
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The inference container of the Deployment."""
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert "namespace" not in doc["metadata"], "manifests are namespace-agnostic"
+
+
+def test_the_validator_rejects_a_misspelt_field(deployment: dict[str, Any]) -> None:
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {"grpc": {"port": 50051}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization" and "namespace" not in kustomization
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in MANIFESTS)
+
+
+def test_deployment_resources_and_rolling_update(deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert container["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi"},
+    }
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": 50051, "metrics": 9091}
+    service = resource("Service", "voxguard-ml-inference")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_probes_use_the_grpc_health_protocol(container: dict[str, Any]) -> None:
+    assert container["readinessProbe"]["grpc"] == {"port": 50051}
+    assert container["livenessProbe"]["grpc"]["port"] == 50051
+
+
+def test_termination_grace_covers_prestop_and_the_server_drain(deployment: dict[str, Any], container: dict) -> None:
+    config = resource("ConfigMap", "voxguard-ml-config")["data"]
+    drain = float(config["ML_SHUTDOWN_GRACE_SECONDS"])
+    prestop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert prestop[0] == "sleep"
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= float(prestop[1]) + drain + 1
+
+
+def test_runs_non_root_with_read_only_files_and_models(deployment: dict[str, Any], container: dict) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert security["capabilities"]["drop"] == ["ALL"]
+    registry_path = resource("ConfigMap", "voxguard-ml-config")["data"]["ML_MODEL_REGISTRY_PATH"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": "voxguard-ml-registry", "readOnly": True}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] and registry_path.startswith(mount["mountPath"] + "/")
+    resource("PersistentVolumeClaim", "voxguard-ml-registry")
+
+
+def test_configuration_holds_known_variables_and_no_secret() -> None:
+    known = {spec.name: spec for spec in ENV_VARS}
+    config = resource("ConfigMap", "voxguard-ml-config")["data"]
+    assert set(config) <= set(known), f"unknown variables: {set(config) - set(known)}"
+    assert not [name for name in config if known[name].secret]
+    for name, value in config.items():
+        known[name].read({name: value})  # ConfigError when a value is outside its range
+    secret = resource("Secret", "voxguard-ml-secrets")
+    assert set(secret["stringData"]) <= {name for name, spec in known.items() if spec.secret}
+    assert all("placeholder" in value for value in secret["stringData"].values())
