@@ -278,7 +278,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_drains_in_flight_streams_and_exits_zero(registry: ModelRegistry, tmp_path: Path) -> None:
+def test_sighup_reloads_and_sigterm_drains_in_flight_streams_and_exits_zero(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
     port = _free_port()
     env = {
         **os.environ,
@@ -287,6 +289,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(registry: ModelRegistry
         "ML_INFERENCE_PORT": str(port),
         "ML_METRICS_PORT": str(_free_port()),
         "ML_SHUTDOWN_GRACE_SECONDS": "10",
+        "ML_REGISTRY_POLL_SECONDS": "3600",  # only SIGHUP makes this server re-read the registry
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "ml_pipeline.inference_server"], env=env, text=True, stderr=subprocess.PIPE
@@ -295,6 +298,9 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(registry: ModelRegistry
         client = Client(port)
         grpc.channel_ready_future(client.channel).result(timeout=30)
         wait_until(lambda: _serving(client), timeout=30)
+        registry.promote_to_champion("m_v2", actor="test")
+        process.send_signal(signal.SIGHUP)
+        wait_until(lambda: client.predict(request("after-hup"), timeout=5).model_version == "m_v2")
         sent = threading.Event()
 
         def slow_requests():
@@ -382,3 +388,45 @@ def test_node_client_predicts_with_only_the_proto_file(registry: ModelRegistry) 
     assert 0.0 < reply["ok"]["probability"] < 1.0
     assert reply["bad"]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "expected 8 features" in reply["bad"]["details"]
+
+
+def test_cli_serve_with_two_workers_sharing_the_port(registry: ModelRegistry) -> None:
+    """`ml-pipeline serve --workers 2`: both processes answer on one port, `ml-pipeline predict` prints an
+    answer, and SIGTERM stops everything with exit code 0."""
+    cli = str(Path(sys.executable).parent / "ml-pipeline")
+    port, metrics = _free_port(), _free_port()
+    command = [cli, "serve", "--registry", str(registry.root), "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--metrics-port", str(metrics), "--workers", "2"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        probe = Client(port)
+        wait_until(lambda: _serving(probe), timeout=60)
+        probe.close()
+        for i in range(40):  # a new connection each time: the kernel spreads them over the two processes
+            client = Client(port)
+            assert client.predict(request(f"w{i}"), timeout=5).model_version == "m_v1"
+            client.close()
+        answered = [metric_value(metrics_text(p), "ml_model_a_requests_total") for p in (metrics, metrics + 1)]
+        assert all(n > 0 for n in answered), answered
+        printed = subprocess.run(
+            [
+                cli,
+                "predict",
+                "--target",
+                f"127.0.0.1:{port}",
+                "--features",
+                "0.3,-1.2,0.8,0.1,nan,2,-0.4,1.1",
+                "--json",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert json.loads(printed)["model_version"] == "m_v1"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)

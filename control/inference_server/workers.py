@@ -26,6 +26,7 @@ def _serve_worker(settings: ServerSettings, index: int, log_level: int) -> None:
 
 def run(settings: ServerSettings) -> int:
     """Serve until SIGTERM; the exit code is 0 after a clean drain of every process."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's handler is set (inherited by workers)
     if settings.workers == 1:
         asyncio.run(settings.make_server().serve())
         return 0
@@ -39,7 +40,10 @@ def run(settings: ServerSettings) -> int:
         process.start()
     log.info("%d workers share port %d (pids %s)", len(processes), settings.port, [p.pid for p in processes])
 
+    forwarded: set[int] = set()
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        forwarded.add(signum)
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
@@ -48,8 +52,10 @@ def run(settings: ServerSettings) -> int:
         signal.signal(signum, forward)
     for process in processes:
         process.join()
+    # A worker still starting when SIGTERM/SIGINT came ends by the signal itself: it had nothing in flight.
+    clean = {0} | {-signum for signum in forwarded if signum != signal.SIGHUP}
     codes = [process.exitcode for process in processes]
-    if any(codes):
+    if any(code not in clean for code in codes):
         log.error("worker exit codes: %s", codes)
         return 1
     return 0
