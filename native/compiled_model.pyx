@@ -43,7 +43,8 @@ cdef enum:
 
 _MFD_EXEC = 0x0010           # Linux >= 6.3: this memfd may be mapped executable
 _COPY_CHUNK = 1 << 20
-_WARM_UP_ROUNDS = 16
+_WARM_UP_ROWS = 256
+_WARM_UP_VALUES = 1 << 20    # fewer warm-up rows for very wide models
 
 
 class ModelLoadError(JobFailed):
@@ -118,14 +119,19 @@ cdef class CompiledModel:
             raise ModelLoadError(f"{self._path}: get_num_feature() = {self._model.num_feature} is not plausible")
         self._warm_up()
 
-    def _warm_up(self) -> None:
-        """Run the code once per page (and check it returns probabilities), so the first request is not slow."""
-        rows = np.zeros((2, self._model.num_feature), dtype=np.float32)
+    cdef _warm_up(self):
+        """Score a few hundred varied rows (so early requests do not pay the first page faults of the code) and
+        check that what comes out are probabilities."""
+        rng = np.random.default_rng(0)
+        n_features = self._model.num_feature
+        count = max(2, min(_WARM_UP_ROWS, _WARM_UP_VALUES // n_features))
+        rows = rng.normal(size=(count, n_features)) * 10.0 ** rng.uniform(-2, 4, size=(1, n_features))
+        rows[rng.random(rows.shape) < 0.1] = np.nan
+        rows[0, :] = 0
         rows[1, :] = np.nan
-        for _ in range(_WARM_UP_ROUNDS):
-            scores = self.score_batch(rows)
+        scores = self.score_batch(np.ascontiguousarray(rows, dtype=np.float32))
         if not np.all(np.isfinite(scores) & (scores >= 0) & (scores <= 1)):
-            raise ModelLoadError(f"{self._path}: scores {scores.tolist()} on warm-up rows are not probabilities")
+            raise ModelLoadError(f"{self._path}: warm-up scores are not probabilities (e.g. {scores[:4].tolist()})")
 
     def __dealloc__(self):
         if self._model is not NULL:
@@ -192,10 +198,10 @@ cdef class CompiledModel:
             raise ValueError(self._row_expectation(f"got {view.shape[0]} values"))
         return self._score_ptr(&view[0])
 
-    def _row_expectation(self, str got) -> str:
+    cdef str _row_expectation(self, str got):
         return f"expected one row of {self._model.num_feature} floats (NaN = missing); {got}"
 
-    def _as_row(self, row):
+    cdef const float[::1] _as_row(self, row):
         """A float32 contiguous 1-D view of `row`: the buffer itself when it already is one, else a converted copy."""
         cdef const float[::1] view
         try:
@@ -212,7 +218,7 @@ cdef class CompiledModel:
         view = converted
         return view
 
-    def _batch_pointer(self, rows) -> tuple:
+    cdef tuple _batch_pointer(self, rows):
         """Validate a batch and return (rows array, number of rows); ValueError says what was expected."""
         cdef int n_features = self._require_open().num_feature
         expected = f"a 2-D float32 C-contiguous numpy array of shape (n, {n_features})"
@@ -267,6 +273,7 @@ cdef class CompiledModel:
         cdef cnp.ndarray out
         cdef size_t n
         cdef timespec start, stop
+        cdef int rc
         cdef vg_model *model
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1; got {nthreads}")
@@ -276,10 +283,12 @@ cdef class CompiledModel:
         vg_model_retain(model)
         with nogil:
             clock_gettime(CLOCK_MONOTONIC, &start)
-            vg_model_score_batch(model, <const float *>cnp.PyArray_DATA(arr), n, <float *>cnp.PyArray_DATA(out),
-                                 nthreads)
+            rc = vg_model_score_batch(model, <const float *>cnp.PyArray_DATA(arr), n,
+                                      <float *>cnp.PyArray_DATA(out), nthreads)
             clock_gettime(CLOCK_MONOTONIC, &stop)
         vg_model_release(model)
+        if rc != 0:
+            raise MemoryError("no memory for per-thread scratch rows")
         return (stop.tv_sec - start.tv_sec) + (stop.tv_nsec - start.tv_nsec) * 1e-9
 
     def capsule(self) -> object:

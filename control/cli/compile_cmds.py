@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ml_pipeline.cli.output import emit, json_option
 from ml_pipeline.cli.registry_cmds import open_registry, registry_option
 from ml_pipeline.compiler import CompileResult, compile_model
+from ml_pipeline.compiler.pipeline import Progress
 from ml_pipeline.errors import UsageError
 from ml_pipeline.model_registry import ModelRegistry, ModelStatus
 
@@ -30,7 +30,7 @@ def default_model_id(registry: ModelRegistry) -> str:
 
 
 def compile_registered(
-    registry: ModelRegistry, model_id: str, out_dir: Path, force: bool = False, progress: Any = None
+    registry: ModelRegistry, model_id: str, out_dir: Path, force: bool = False, progress: Progress | None = None
 ) -> CompileResult:
     """Compile a registered model (its verified artifact and test sample) and record the result in the registry."""
     meta = registry.get_model(model_id)
