@@ -96,6 +96,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         "ML_INFERENCE_HOST": "127.0.0.1",
         "ML_INFERENCE_PORT": str(ports["core"]),
         "ML_METRICS_PORT": str(ports["metrics"]),
+        "ML_INFERENCE_TRANSPORT": "grpcio",  # the reference servers are grpcio (native: bench_native_transport.py)
     }
     commands = {
         "core": [sys.executable, "-m", "ml_pipeline.inference_server"],
