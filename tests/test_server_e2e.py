@@ -360,7 +360,8 @@ def test_grpcurl_lists_checks_health_and_predicts_through_reflection(registry: M
         assert json.loads(call(address, "grpc.health.v1.Health/Check")) == {"status": "SERVING"}
         body = json.dumps({"features": [0.3, -1.2, 0.8, 0.1, "NaN", 2.0, -0.4, 1.1], "requestId": "grpcurl-1"})
         response = json.loads(call("-d", body, address, "FraudDetection/Predict"))
-        assert response["model_version"] == "m_v1", response
+        # grpcurl names JSON fields by the reflected descriptor's json_name: camelCase when the server sets it.
+        assert response.get("modelVersion", response.get("model_version")) == "m_v1", response
         assert 0.0 < response["probability"] < 1.0
         failed = subprocess.run(
             [grpcurl, "-plaintext", "-d", '{"features": [1, 2]}', address, "FraudDetection/Predict"],

@@ -12,19 +12,18 @@ from ml_pipeline.inference_server.workers import run
 
 
 def main() -> int:
-    """Run the server until SIGTERM; exit 0 after a clean drain, 2 on bad configuration."""
+    """Run the server until SIGTERM; exit 0 after a clean drain, 2 on bad configuration, 1 when it cannot serve."""
     try:
         settings = ServerSettings.from_env()
-        debug = MLPipelineConfig.from_env().debug
+        logging.basicConfig(
+            level=logging.DEBUG if MLPipelineConfig.from_env().debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        return run(settings)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return run(settings)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
-from ml_pipeline.errors import PipelineError
+from ml_pipeline.errors import JobFailed, PipelineError
 from ml_pipeline.inference_server.convergence import RegistryConvergence
 from ml_pipeline.inference_server.handlers import SERVICE_NAME, fraud_detection_handler
 from ml_pipeline.inference_server.metrics import CoreCollector, metrics_registry
@@ -119,11 +119,21 @@ class InferenceServer:
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
             service = fraud_detection_pb2.DESCRIPTOR.services_by_name[SERVICE_NAME].full_name
             reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-            self.port = self._server.add_insecure_port(address)
+            try:
+                self.port = self._server.add_insecure_port(address)
+            except RuntimeError as exc:
+                raise JobFailed(f"cannot listen on {address} ({exc}): port in use? choose another --port") from None
             await self._server.start()
         if self.metrics_port is not None:
             registry = metrics_registry(CoreCollector(self.core, lambda: dict(self.convergence.events)))
-            self._metrics_httpd, _ = start_http_server(self.metrics_port, addr=self.host, registry=registry)
+            try:
+                self._metrics_httpd, _ = start_http_server(self.metrics_port, addr=self.host, registry=registry)
+            except OSError as exc:
+                await self.stop(0)
+                raise JobFailed(
+                    f"cannot serve metrics on {self.host}:{self.metrics_port} ({exc.strerror}): "
+                    "choose another --metrics-port"
+                ) from None
             self.metrics_port = self._metrics_httpd.server_port
         self._watcher = asyncio.create_task(self._watch_registry())
         champion = self.convergence.champion
