@@ -181,6 +181,8 @@ def test_swapped_out_model_lives_while_referenced_and_swaps_under_threads(
     """Four threads score while the main thread swaps champions 200 times: every call answers, always from
     one of the two models, with that model's exact probability."""
     champion, challenger = models
+    gc.collect()
+    loaded_before = _loaded_libraries()
     core = ServingCore()
     core.set_champion(load(champion).capsule(), champion.model_id, 0.5)
     gc.collect()  # the CompiledModel and its capsule are gone: the core's own reference keeps the model
@@ -215,3 +217,11 @@ def test_swapped_out_model_lives_while_referenced_and_swaps_under_threads(
         t.join()
     assert failures == []
     assert sum(m["requests"] for m in core.counters()["models"].values()) > 0
+    gc.collect()
+    assert _loaded_libraries() == loaded_before + 1, "every swapped-out library is unloaded once its last request ended"
+
+
+def _loaded_libraries() -> int:
+    """Distinct compiled-model libraries mapped into this process (CompiledModel loads them from a memfd)."""
+    with open("/proc/self/maps") as maps:
+        return len({line.split()[4] for line in maps if "memfd:vg_model" in line})

@@ -185,3 +185,15 @@ def test_decoder_fuzz_agrees_with_protobuf_and_never_crashes(core: ServingCore, 
     assert parsed is not None, "the core accepted bytes that protobuf rejects"
     assert len(parsed.features) == NUM_FEATURES
     assert 0.0 <= response.probability <= 1.0
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_pieces, _pieces.map(lambda b: tag(1, 2) + varint(len(b)) + b)), max_size=8).map(b"".join))
+def test_batch_decoder_fuzz_never_crashes(core: ServingCore, raw: bytes) -> None:
+    """Any bytes as a PredictBatch: a response protobuf can read, or INVALID_ARGUMENT with a message."""
+    try:
+        reply = pb.PredictionBatchResponse.FromString(core.handle_batch(raw))
+    except ServingError as exc:
+        assert exc.code == INVALID_ARGUMENT and exc.message
+        return
+    assert len(reply.responses) == len(pb.PredictionBatchRequest.FromString(raw).requests)
