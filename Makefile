@@ -31,8 +31,10 @@ $(STAMP): pyproject.toml setup.py
 # Rebuild the Cython/C extensions in place when a native source changes.
 build: $(STAMP) control/native/.built control/proto_gen/fraud_detection_pb2.py
 
+# Python messages of the wire contract, and the .proto itself (package data, for clients).
 control/proto_gen/fraud_detection_pb2.py: proto/fraud_detection.proto
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=control/proto_gen $<
+	cp $< control/proto_gen/
 
 # The Node.js client of the end-to-end tests (@grpc/grpc-js); the tests run `make node-client` themselves.
 .PHONY: node-client
