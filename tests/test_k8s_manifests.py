@@ -16,7 +16,8 @@ from ml_pipeline.config import ENV_VARS
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30.0"
-MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")  # applied by kustomize
+ON_DEMAND = sorted(K8S.glob("ops/*.yaml"))  # operator tools, applied by hand
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -46,11 +47,15 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
     return only
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MANIFESTS + ON_DEMAND, ids=lambda p: str(p.relative_to(K8S)))
 def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
     for doc in documents(path):
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         assert "namespace" not in doc["metadata"], "manifests are namespace-agnostic"
+
+
+def test_every_yaml_file_is_validated() -> None:
+    assert sorted(K8S.rglob("*.yaml")) == sorted([*MANIFESTS, *ON_DEMAND, K8S / "kustomization.yaml"])
 
 
 def test_the_validator_rejects_a_misspelt_field(deployment: dict[str, Any]) -> None:
@@ -106,6 +111,14 @@ def test_runs_non_root_with_read_only_files_and_models(deployment: dict[str, Any
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["readOnly"] and registry_path.startswith(mount["mountPath"] + "/")
     resource("PersistentVolumeClaim", "voxguard-ml-registry")
+
+
+def test_toolbox_writes_the_registry_at_the_servers_path() -> None:
+    (toolbox,) = documents(K8S / "ops" / "toolbox.yaml")
+    (mount,) = [m for m in toolbox["spec"]["containers"][0]["volumeMounts"] if m["name"] == "registry"]
+    (volume,) = [v for v in toolbox["spec"]["volumes"] if v["name"] == "registry"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "voxguard-ml-registry" and not mount.get("readOnly")
+    assert mount["mountPath"] == "/var/lib/voxguard"
 
 
 def test_configuration_holds_known_variables_and_no_secret() -> None:
