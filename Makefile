@@ -6,6 +6,9 @@ STAMP   := $(VENV)/.installed
 NATIVE  := $(wildcard native/*.pyx native/*.pxd native/*.c native/*.h native/*.cc)
 MODEL   ?=
 REGISTRY ?= $(or $(ML_MODEL_REGISTRY_PATH),models/registry)
+# OpenMP threads (XGBoost) sleep instead of spinning while idle: on a shared 2-core machine spinning
+# threads made training 10x slower. Override by exporting OMP_WAIT_POLICY yourself.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install build test lint demo bench compile-model proto clean
 
