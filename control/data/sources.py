@@ -167,7 +167,7 @@ def _validated(frame: pd.DataFrame, where: str) -> pd.DataFrame:
         raise UsageError(f"{where}: {LABEL} must be 0 or 1; {int(bad.sum())} rows are not (first: {example!r})")
     out[LABEL] = labels.astype(np.int8)
     if TIMESTAMP in frame:
-        out[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True).to_numpy()
+        out[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True).array  # datetime64, not a Timestamp per row
     return out
 
 
@@ -209,6 +209,10 @@ async def _read_postgres(
     """Stream the query's rows through a server-side cursor, converting each chunk to numpy columns."""
     conn = await _connect(dsn, password)
     try:
+        # timestamptz as integer microseconds: no datetime object per row (a third of the read time otherwise)
+        await conn.set_type_codec(
+            "timestamptz", schema="pg_catalog", encoder=_timestamp_tuple, decoder=_tuple_micros, format="tuple"
+        )
         async with conn.transaction(readonly=True):
             try:
                 statement = await conn.prepare(query)
@@ -241,9 +245,23 @@ async def _read_postgres(
     return pd.DataFrame(data)
 
 
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+PG_EPOCH_UNIX_US = int(PG_EPOCH.timestamp()) * 1_000_000
+
+
+def _tuple_micros(value: tuple[int]) -> int:
+    return value[0]
+
+
+def _timestamp_tuple(value: datetime) -> tuple[int]:
+    return ((value - PG_EPOCH) // timedelta(microseconds=1),)
+
+
 def _column(records: list[asyncpg.Record], index: int, name: str) -> np.ndarray:
     values = [r[index] for r in records]
     if name == TIMESTAMP:
+        if values and isinstance(values[0], int):  # timestamptz, decoded as microseconds since 2000-01-01
+            return np.array(values, dtype=np.int64) + PG_EPOCH_UNIX_US
         return pd.to_datetime(values, utc=True).as_unit("us").asi8
     return np.array(values, dtype=np.float64)
 
