@@ -12,7 +12,12 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install build test lint demo bench compile-model proto clean
 
-install: native-deps $(STAMP) build
+install: native-deps monitoring-tools $(STAMP) build
+
+# Prometheus and promtool (Debian's prometheus package) for the monitoring checks; as root, else a hint.
+.PHONY: monitoring-tools
+monitoring-tools:
+	@scripts/install_monitoring_tools.sh
 
 # Debian's gRPC C++ packages for the native transport: installed when missing and run as root, else the script
 # says what to install (the project still builds and serves with grpcio). build/grpc-version changes when they
