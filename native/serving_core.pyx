@@ -9,7 +9,7 @@ configures the core (`set_champion`, `set_challenger`, `set_split`) and reads `c
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 from vg_core cimport *
@@ -59,11 +59,11 @@ cdef class ServingCore:
     def __dealloc__(self):
         vg_core_free(self._core)
 
-    cdef _set(self, int slot, object capsule, str model_id, float threshold):
+    cdef _set(self, int slot, object capsule, str model_id, float threshold, int64_t cut):
         cdef char err[ERR_LEN]
         cdef vg_model *model = _model_from(capsule)
         cdef bytes encoded = (model_id or "").encode("utf-8")
-        if vg_core_set_model(self._core, slot, model, encoded, threshold, err, ERR_LEN) != VG_OK:
+        if vg_core_set_model(self._core, slot, model, encoded, threshold, cut, err, ERR_LEN) != VG_OK:
             raise ValueError(err.decode("utf-8", "replace"))
 
     def capsule(self):
@@ -76,17 +76,16 @@ cdef class ServingCore:
         """Serve `capsule` (CompiledModel.capsule()) as the champion `model_id`, flagging p >= threshold."""
         if capsule is None:
             raise ValueError("the champion needs a model")
-        self._set(VG_CHAMPION, capsule, model_id, threshold)
+        self._set(VG_CHAMPION, capsule, model_id, threshold, -1)
 
     def set_challenger(self, capsule, str model_id=None, float threshold=0.0, uint64_t cut=0) -> None:
-        """Put a challenger in (capsule) or take it out (None), with the cut of contract C."""
-        cdef char err[ERR_LEN]
+        """Put a challenger in (capsule) with the cut of contract C, or take it out (None), in one atomic step."""
+        if cut > (1 << 32):
+            raise ValueError("challenger cut must be in [0, 2**32]")
         if capsule is not None:
-            self._set(VG_CHALLENGER, capsule, model_id, threshold)
-            self.set_split(cut)
+            self._set(VG_CHALLENGER, capsule, model_id, threshold, <int64_t>cut)
         else:
-            self.set_split(0)
-            self._set(VG_CHALLENGER, None, None, 0.0)
+            self._set(VG_CHALLENGER, None, None, 0.0, 0)
 
     def set_split(self, uint64_t cut) -> None:
         """Route requests whose hash is below `cut` (TrafficSplitter.challenger_cut) to the challenger."""

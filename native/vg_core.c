@@ -164,8 +164,11 @@ void vg_core_free(vg_core *core) {
     }
 }
 
-int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold, char *err,
-                      size_t errcap) {
+int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold, int64_t cut,
+                      char *err, size_t errcap) {
+    if (cut > ((int64_t)1 << 32)) {
+        return fail(VG_INVALID_ARGUMENT, err, errcap, "challenger cut must be in [0, 2**32]");
+    }
     if (slot != VG_CHAMPION && slot != VG_CHALLENGER) {
         return fail(VG_INVALID_ARGUMENT, err, errcap, "slot must be 0 (champion) or 1 (challenger), not %d", slot);
     }
@@ -196,6 +199,9 @@ int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *mode
         target->id_len = id_len;
         memcpy(target->id, model_id, id_len + 1);
         target->counters = counters_for_locked(core, model_id);
+    }
+    if (cut >= 0) {
+        next->cut = (uint64_t)cut;
     }
     config *previous = publish_locked(core, next);
     pthread_mutex_unlock(&core->lock);

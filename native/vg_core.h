@@ -52,10 +52,11 @@ typedef struct vg_core vg_core;
 vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows);
 void vg_core_free(vg_core *core);
 
-/* Put `model` (may be NULL: the slot becomes empty) into a slot with its id and threshold; the core takes
- * its own reference. Returns VG_OK or VG_INVALID_ARGUMENT with a message. */
-int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold, char *err,
-                      size_t errcap);
+/* Put `model` (may be NULL: the slot becomes empty) into a slot with its id and threshold, and, when cut >= 0,
+ * the challenger cut, all in one snapshot (a new challenger never serves under the previous one's share);
+ * the core takes its own reference. Returns VG_OK or VG_INVALID_ARGUMENT with a message. */
+int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold, int64_t cut,
+                      char *err, size_t errcap);
 
 /* Requests whose route hash is below `cut` (0..2**32) go to the challenger (contract C). */
 int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap);

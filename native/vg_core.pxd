@@ -1,6 +1,6 @@
 # The C API of vg_core.h and vg_wire.h (the serving core), for `from vg_core cimport ...`.
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 from vg_model cimport vg_model
 
@@ -48,7 +48,7 @@ cdef extern from "vg_core.h" nogil:
     vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows)
     void vg_core_free(vg_core *core)
     int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold,
-                          char *err, size_t errcap)
+                          int64_t cut, char *err, size_t errcap)
     int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap)
     size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len)
     int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,

@@ -82,6 +82,8 @@ def test_bad_configuration_is_refused(models: tuple[BuiltModel, BuiltModel]) -> 
         core.set_champion(capsule, "x" * 200, 0.5)
     with pytest.raises(ValueError, match="cut"):
         core.set_split(2**32 + 1)
+    with pytest.raises(ValueError, match="cut"):
+        core.set_challenger(capsule, "c", 0.5, 2**32 + 1)
     with pytest.raises(ValueError, match="needs a model"):
         core.set_champion(None, "m", 0.5)
 
