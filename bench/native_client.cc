@@ -1,0 +1,182 @@
+// Load generator of the native-transport benchmark: a C++ gRPC client (Debian's libgrpc++) sending raw
+// serialized PredictionRequest bytes through the generic stub, as a native caller (the Rust engine) would.
+//
+//   native_client TARGET seq N             N sequential Predict calls: latency percentiles
+//   native_client TARGET inflight K N      N Predict calls, K in flight at all times: calls per second
+//   native_client TARGET stream K N        one PredictStream of N messages, up to K unanswered: messages/s
+//
+// Prints one JSON object on stdout; exits 1 (message on stderr) when a call fails.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+const char kPredict[] = "/FraudDetection/Predict";
+const char kStream[] = "/FraudDetection/PredictStream";
+
+// PredictionRequest{features: 8 packed floats, request_id: "bench"}.
+grpc::ByteBuffer Request() {
+    const float row[8] = {0.3f, -1.2f, 0.8f, 0.1f, 0.5f, 2.0f, -0.4f, 1.1f};
+    std::string bytes = {0x0a, 0x20};
+    bytes.append(reinterpret_cast<const char *>(row), sizeof row);
+    bytes += std::string{0x12, 0x05} + "bench";
+    grpc::Slice slice(bytes);
+    return grpc::ByteBuffer(&slice, 1);
+}
+
+[[noreturn]] void Fail(const char *what, const grpc::Status &status) {
+    std::fprintf(stderr, "%s failed: %d %s\n", what, static_cast<int>(status.error_code()),
+                 status.error_message().c_str());
+    std::exit(1);
+}
+
+double Percentile(std::vector<double> &sorted, double q) {
+    return sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * static_cast<double>(sorted.size())))];
+}
+
+void Sequential(grpc::GenericStub &stub, long n) {
+    grpc::CompletionQueue cq;
+    const grpc::ByteBuffer request = Request();
+    std::vector<double> micros;
+    micros.reserve(n);
+    for (long i = 0; i < n; ++i) {
+        grpc::ClientContext context;
+        grpc::ByteBuffer reply;
+        grpc::Status status;
+        void *tag;
+        bool ok;
+        const auto start = Clock::now();
+        auto call = stub.PrepareUnaryCall(&context, kPredict, request, &cq);
+        call->StartCall();
+        call->Finish(&reply, &status, &context);
+        cq.Next(&tag, &ok);
+        micros.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+        if (!status.ok()) Fail("Predict", status);
+    }
+    std::sort(micros.begin(), micros.end());
+    std::printf("{\"calls\": %ld, \"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f}\n", n,
+                Percentile(micros, 0.5), Percentile(micros, 0.99), Percentile(micros, 0.999));
+}
+
+struct UnaryCall {
+    grpc::ClientContext context;
+    grpc::ByteBuffer reply;
+    grpc::Status status;
+    std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
+};
+
+void InFlight(grpc::GenericStub &stub, int k, long n) {
+    grpc::CompletionQueue cq;
+    const grpc::ByteBuffer request = Request();
+    long started = 0, done = 0;
+    auto start_one = [&]() {
+        auto *call = new UnaryCall;
+        call->reader = stub.PrepareUnaryCall(&call->context, kPredict, request, &cq);
+        call->reader->StartCall();
+        call->reader->Finish(&call->reply, &call->status, call);
+        ++started;
+    };
+    const auto begin = Clock::now();
+    for (int i = 0; i < k && started < n; ++i) start_one();
+    void *tag;
+    bool ok;
+    while (done < n && cq.Next(&tag, &ok)) {
+        auto *call = static_cast<UnaryCall *>(tag);
+        if (!call->status.ok()) Fail("Predict", call->status);
+        delete call;
+        ++done;
+        if (started < n) start_one();
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+    std::printf("{\"calls\": %ld, \"in_flight\": %d, \"calls_per_s\": %.1f}\n", n, k, n / seconds);
+}
+
+void Stream(grpc::GenericStub &stub, int k, long n) {
+    enum Tag : intptr_t { kStarted = 1, kWritten, kRead, kWritesDone, kFinished };
+    grpc::CompletionQueue cq;
+    grpc::ClientContext context;
+    const grpc::ByteBuffer request = Request();
+    grpc::ByteBuffer reply;
+    grpc::Status status;
+    auto call = stub.PrepareCall(&context, kStream, &cq);
+    void *tag;
+    bool ok;
+    call->StartCall(reinterpret_cast<void *>(kStarted));
+    cq.Next(&tag, &ok);
+    const auto begin = Clock::now();
+    long sent = 0, received = 0;
+    bool writing = false, closing = false;
+    call->Read(&reply, reinterpret_cast<void *>(kRead));
+    while (received < n) {
+        if (!writing && sent < n && sent - received < k) {
+            call->Write(request, reinterpret_cast<void *>(kWritten));
+            writing = true;
+        } else if (!writing && sent == n && !closing) {
+            call->WritesDone(reinterpret_cast<void *>(kWritesDone));
+            writing = closing = true;
+        }
+        cq.Next(&tag, &ok);
+        switch (reinterpret_cast<intptr_t>(tag)) {
+            case kWritten:
+                ++sent;
+                writing = false;
+                break;
+            case kWritesDone:
+                writing = false;
+                break;
+            case kRead:
+                if (!ok) {
+                    call->Finish(&status, reinterpret_cast<void *>(kFinished));
+                    cq.Next(&tag, &ok);
+                    Fail("PredictStream", status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "ended early") : status);
+                }
+                if (++received < n) call->Read(&reply, reinterpret_cast<void *>(kRead));
+                break;
+        }
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+    while (writing) {  // the last Write's or the WritesDone's completion
+        cq.Next(&tag, &ok);
+        writing = false;
+    }
+    if (!closing) {
+        call->WritesDone(reinterpret_cast<void *>(kWritesDone));
+        cq.Next(&tag, &ok);
+    }
+    call->Finish(&status, reinterpret_cast<void *>(kFinished));
+    cq.Next(&tag, &ok);
+    if (!status.ok()) Fail("PredictStream", status);
+    std::printf("{\"messages\": %ld, \"in_flight\": %d, \"messages_per_s\": %.1f}\n", n, k, n / seconds);
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        std::fprintf(stderr, "usage: %s TARGET seq N | inflight K N | stream K N\n", argv[0]);
+        return 2;
+    }
+    grpc::GenericStub stub(grpc::CreateChannel(argv[1], grpc::InsecureChannelCredentials()));
+    const std::string mode = argv[2];
+    if (mode == "seq") {
+        Sequential(stub, std::atol(argv[3]));
+    } else if (mode == "inflight" && argc == 5) {
+        InFlight(stub, std::atoi(argv[3]), std::atol(argv[4]));
+    } else if (mode == "stream" && argc == 5) {
+        Stream(stub, std::atoi(argv[3]), std::atol(argv[4]));
+    } else {
+        std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
+        return 2;
+    }
+    return 0;
+}
