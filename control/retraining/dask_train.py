@@ -11,6 +11,8 @@ A file source is read here and scattered to the workers in partitions.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +36,7 @@ CONNECT_TIMEOUT_S = 30
 PARTS = ("train", "val", "test")
 
 
+@contextmanager
 def train_on_dask(
     address: str,
     config: MLPipelineConfig,
@@ -41,8 +44,11 @@ def train_on_dask(
     min_rows: int,
     password: str | None,
     timings: dict[str, float],
-) -> TrainedModel:
-    """Steps 1-4 on the Dask cluster at `address`: read partitions in parallel, train, evaluate here."""
+) -> Iterator[TrainedModel]:
+    """Steps 1-4 on the Dask cluster at `address`: read partitions in parallel, train, evaluate here.
+
+    Yields the model while the client is still connected: its train and validation splits live on the workers.
+    """
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
@@ -65,7 +71,7 @@ def train_on_dask(
             test = trainer.splits["test"]
             proba = trainer.predict_from_dmatrix(xgb.DMatrix(test.X, feature_names=FEATURE_NAMES))
             metrics = ModelEvaluator(config.model.threshold).evaluate(test.y, proba)
-    return TrainedModel(trainer, metrics, window, rows)
+        yield TrainedModel(trainer, metrics, window, rows)
 
 
 class DaskModelTrainer(ModelTrainer):

@@ -129,13 +129,33 @@ def _run_steps(
     dask_scheduler: str | None,
 ) -> None:
     """Steps 1-7; each one stores what it learnt in `record`, the first refusal ends the run."""
-    timings = record.durations_s
+    with _trained_model(config, source, settings.min_rows, dask_scheduler, record.durations_s) as model:
+        _decide(record, config, settings, registry, started, model)
+
+
+@contextmanager
+def _trained_model(
+    config: MLPipelineConfig, source: str, min_rows: int, dask_scheduler: str | None, timings: dict[str, float]
+) -> Iterator[TrainedModel]:
+    """Steps 1-4 here or on the Dask cluster (whose client stays connected while the model is used)."""
     if dask_scheduler:
         from ml_pipeline.retraining.dask_train import train_on_dask  # dask is an optional extra
 
-        model = train_on_dask(dask_scheduler, config, source, settings.min_rows, _password(source, config), timings)
+        with train_on_dask(dask_scheduler, config, source, min_rows, _password(source, config), timings) as model:
+            yield model
     else:
-        model = _train_locally(config, source, settings.min_rows, timings)
+        yield _train_locally(config, source, min_rows, timings)
+
+
+def _decide(
+    record: RunRecord,
+    config: MLPipelineConfig,
+    settings: RetrainSettings,
+    registry: ModelRegistry,
+    started: datetime,
+    model: TrainedModel,
+) -> None:
+    """Steps 5-7: gate, champion comparison, registration; the first refusal ends the run."""
     record.data_window, record.rows = model.data_window, model.rows
     record.metrics = _recorded(model.metrics)
     record.model_id = model.trainer.create_model_id(model.trainer.create_version_string(started))
