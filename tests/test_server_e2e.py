@@ -211,6 +211,23 @@ def test_ab_routing_matches_traffic_splitter(registry: ModelRegistry) -> None:
         client.close()
 
 
+def test_set_challenger_model_goes_through_the_registry(registry: ModelRegistry) -> None:
+    with running_server(registry.root) as server:
+        server.set_challenger_model("m_v3", traffic=0.5)
+        state = registry.serving_state()
+        assert (state.challenger_id, state.challenger_share) == ("m_v3", 0.5)
+        assert server.traffic_splitter.model_b_traffic == 0.5
+        client = Client(server.port)
+        keys = [f"k{i}" for i in range(300)]
+        answers = {client.predict(request(key), timeout=5).model_version for key in keys}
+        assert answers == {"m_v1", "m_v3"}
+        client.close()
+    with running_server(registry.root, enable_ab_testing=False) as server:
+        client = Client(server.port)
+        assert {client.predict(request(key), timeout=5).model_version for key in keys} == {"m_v1"}
+        client.close()
+
+
 def test_hot_swap_under_continuous_load_fails_no_request(
     registry: ModelRegistry, models: dict[str, BuiltModel]
 ) -> None:
