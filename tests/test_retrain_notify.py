@@ -13,6 +13,7 @@ import pytest
 
 from ml_pipeline.config import MLPipelineConfig
 from ml_pipeline.data.generator import GeneratorSettings, generate_alerts
+from ml_pipeline.errors import UsageError
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.retraining import RetrainSettings, RunStore, retrain
 from ml_pipeline.retraining.notify import WebhookNotifier
@@ -115,3 +116,8 @@ def test_a_failed_notification_never_loses_the_run(tmp_path: Path, no_sleep: lis
     assert summary["run_id"] == record.run_id and summary["model_id"] == record.model_id
     assert summary["approval_command"].startswith(f"ml-pipeline registry approve {record.model_id}")
     assert summary["metrics"]["auc_score"] == record.metrics["auc_score"]
+
+
+def test_a_webhook_that_is_not_http_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"ftp://hooks\.example/\.\.\. is not an http:// or https:// URL"):
+        WebhookNotifier("ftp://hooks.example/secret-token")

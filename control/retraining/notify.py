@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ml_pipeline.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 USER_AGENT = "voxguard-ml-pipeline-retrain/1"
@@ -55,7 +57,7 @@ class WebhookNotifier:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if urlsplit(url).scheme not in {"http", "https"}:
-            raise ValueError(f"webhook {shown_url(url)} must be an http:// or https:// URL")
+            raise UsageError(f"webhook {shown_url(url)} is not an http:// or https:// URL (ML_RETRAIN_WEBHOOK_URL)")
         self.url = url
         self.timeout_s = timeout_s
         self.attempts = attempts
