@@ -112,6 +112,7 @@ class ModelMetadata:
             "data_window",
             "best_iteration",
             "num_trees",
+            "drift_reference",
         }
         try:
             return cls(
@@ -128,6 +129,7 @@ class ModelMetadata:
                 metrics=metrics,
                 best_iteration=info.get("best_iteration"),
                 num_trees=info.get("num_trees"),
+                drift_reference=info.get("drift_reference"),
                 artifact_sha256=sha256_file(root / "model.json"),
                 extra={k: v for k, v in info.items() if k not in known},
                 **{m: float(metrics.get(m, 0.0)) for m in HEADLINE_METRICS},

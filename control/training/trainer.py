@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
 from ml_pipeline.errors import UsageError
+from ml_pipeline.monitoring.drift import DriftReference
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,8 @@ def write_training_output(
     """Write contract A into `out_dir`: model.json, training.json and test_sample.npz; returns training.json.
 
     `metrics` is EvaluationMetrics.to_dict() of the test split; the test sample holds at most 5,000 test rows
-    with XGBoost's own probabilities, so a compiled library can be checked against them.
+    with XGBoost's own probabilities, so a compiled library can be checked against them. `drift_reference` holds
+    the quantile bins of each feature on the training split and of the scores on the test sample (monitoring).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +211,7 @@ def write_training_output(
         "data_window": data_window,
         "best_iteration": trainer.best_iteration,
         "num_trees": trainer.best_iteration + 1,
+        "drift_reference": DriftReference.fit(trainer.splits["train"].X, FEATURE_NAMES, proba).to_dict(),
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
