@@ -110,7 +110,7 @@ cdef class CompiledModel:
             os.close(fd)
             raise ModelIntegrityError(
                 f"{self._path}: sha256 is {self._sha256}, expected {sha256}; the file changed since it was "
-                "compiled, so it was not loaded (recompile it with `ml-pipeline compile MODEL_ID --force`)"
+                "compiled, so it was not loaded (recompile it with `ml-pipeline compile MODEL_ID`)"
             )
         self._model = vg_model_open_fd(fd, os.fsencode(self._path), err, ERR_LEN)  # owns fd from here on
         if self._model is NULL:

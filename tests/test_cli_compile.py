@@ -58,6 +58,7 @@ def test_compile_approved_model_records_it_in_the_registry(registry: ModelRegist
     assert compiled["sha256"] == hashlib.sha256(library.read_bytes()).hexdigest() == shown["sha256"]
     assert compiled["path"] == str(library.resolve())
     assert compiled["verification"]["test_rows"] == 60 and compiled["verification"]["max_abs_diff"] <= 1e-5
+    assert compiled["profile_rows"] == 60 and "-fprofile-use" in compiled["flags"]
     assert {"compiler", "flags", "versions", "compiled_at"} <= set(compiled)
     with CompiledModel(compiled["path"], sha256=compiled["sha256"]) as model:
         assert model.model_id == "xgboost_v1" and model.num_features == 8

@@ -51,12 +51,19 @@ def test_compile_result_and_registry_record(tmp_path: Path) -> None:
     assert result.verification.test_rows == 300 and result.verification.threshold_rows > 0
     assert result.verification.max_abs_diff <= 1e-5
     assert [line.split(":")[0] for line in lines if line.endswith(" s")] == ["codegen", "compile", "verify"]
+    assert "branch layout guided by a profile of 300 test-sample rows" in lines
     record = result.registry_record()
     assert set(record) >= CONTRACT_B_KEYS
-    assert record["versions"] == toolchain_versions() and record["flags"] == list(DEFAULT_FLAGS)
+    assert record["versions"] == toolchain_versions() and record["profile_rows"] == 300
+    assert record["flags"] == [*DEFAULT_FLAGS, "-fprofile-use", "-fprofile-partial-training"]
     assert record["compiler"].startswith("gcc")
     assert json.loads(json.dumps(record)) == record
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["with_sample.so"]
+
+
+def test_without_test_sample_there_is_no_profile() -> None:
+    result = built(SMALL).result
+    assert result.profile_rows == 0 and result.flags == list(DEFAULT_FLAGS)
 
 
 def test_treelite_version_warning_is_logged_not_printed(tmp_path: Path, capfd, caplog) -> None:

@@ -81,6 +81,7 @@ def compile_command(
             "sha256": result.sha256,
             "trees": result.num_trees,
             "features": result.num_features,
+            "profile_rows": result.profile_rows,
             "verified_rows": result.verification.rows,
             "max_abs_diff": f"{result.verification.max_abs_diff:.3g}",
             **{f"{stage}_s": round(seconds, 2) for stage, seconds in result.timings.items()},
