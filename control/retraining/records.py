@@ -10,6 +10,7 @@ import json
 import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ml_pipeline.errors import UsageError
 from ml_pipeline.model_registry.storage import write_json_atomic
 
 
-class RunStatus:
+class RunStatus(StrEnum):
     """How a run ended: a candidate registered, a reasoned rejection, a failed gate, or a failure."""
 
     RUNNING = "running"

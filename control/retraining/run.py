@@ -97,6 +97,7 @@ def retrain(
         slot=slot.isoformat() if slot else None,
         inputs=_inputs(config, settings, source, dask_scheduler),
     )
+    runs.save(record)  # status "running": a run killed midway still leaves its trace
     log.info("retraining run %s started (%s)", record.run_id, record.inputs["source"])
     t0 = time.perf_counter()
     unexpected: BaseException | None = None
