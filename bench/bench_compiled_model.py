@@ -45,6 +45,7 @@ class Reference:
 
     booster: xgb.Booster
     model_json: Path
+    test_sample: Path
     compiled: CompiledModel
     result: CompileResult
     compile_seconds: float
@@ -69,17 +70,26 @@ def _timed_compile(model_json: Path, out: Path, model_id: str, **options) -> tup
     return result, time.perf_counter() - start
 
 
+def _write_test_sample(path: Path, booster: xgb.Booster, seed: int) -> Path:
+    """A contract-A test sample: held-out rows of the same distribution (they also guide the compiler's PGO)."""
+    frame = generate_alerts(5_000, seed=seed)
+    x = _features(frame)
+    np.savez(path, X=x, y=frame[LABEL].to_numpy(np.int8), proba=booster.inplace_predict(x))
+    return path
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory):
-    """Train and compile the reference model once for the module."""
+    """Train and compile the reference model once for the module (with its test sample, as the CLI does)."""
     folder = tmp_path_factory.mktemp("reference")
     booster, training_rows = _train(50_000, trees=100, depth=6, seed=1)
     model_json = folder / "model.json"
     booster.save_model(model_json)
-    result, seconds = _timed_compile(model_json, folder, "reference")
+    sample = _write_test_sample(folder / "test_sample.npz", booster, seed=11)
+    result, seconds = _timed_compile(model_json, folder, "reference", test_sample=sample)
     rows = _features(generate_alerts(BATCH_ROWS, seed=2))
     with CompiledModel(result.path, sha256=result.sha256) as compiled:
-        yield Reference(booster, model_json, compiled, result, seconds, training_rows, rows)
+        yield Reference(booster, model_json, sample, compiled, result, seconds, training_rows, rows)
 
 
 def _score_each(compiled: CompiledModel, rows: list[np.ndarray]):
@@ -191,18 +201,21 @@ def test_two_threads_at_least_1_6x_faster(reference: Reference, bench_report) ->
 
 
 def _variants(reference: Reference, folder: Path) -> dict[str, dict]:
+    """Compiler options tried against the default (-O3 with PGO from the test sample), each compiled and verified."""
     annotation = folder / "annotation.json"
     tl2cgen.annotate_branch(
         treelite.frontend.load_xgboost_model(reference.model_json), tl2cgen.DMatrix(reference.training_rows), annotation
     )
     portable = ("-fPIC", "-std=c99", "-fno-semantic-interposition")
+    plain = {"profile_guided": False}
     return {
-        "default (-O3)": {},
-        "-O1": {"flags": ("-O1", *portable)},
-        "-Os": {"flags": ("-Os", *portable)},
-        "-O3 -march=native (not portable)": {"flags": (*DEFAULT_FLAGS, "-march=native")},
-        "branch annotation (training data)": {"codegen_params": {"annotate_in": str(annotation)}},
-        "quantize": {"codegen_params": {"quantize": 1}},
+        "-O3, no PGO (TL2cgen's usual build)": plain,
+        "-O1 + PGO": {"flags": ("-O1", *portable)},
+        "-O1, no PGO": {"flags": ("-O1", *portable), **plain},
+        "-Os, no PGO": {"flags": ("-Os", *portable), **plain},
+        "-O3 -march=native + PGO (not portable)": {"flags": (*DEFAULT_FLAGS, "-march=native")},
+        "branch annotation (training data), no PGO": {"codegen_params": {"annotate_in": str(annotation)}, **plain},
+        "quantize": {"codegen_params": {"quantize": 1}, **plain},
     }
 
 
@@ -211,24 +224,27 @@ def test_report_stretch_goal_vs_xgboost_batch(reference: Reference, bench_report
     booster = reference.booster.copy()
     booster.set_param({"nthread": 1})
     section = "stretch goal: C loop per row / XGBoost 1-thread batch per row (100,000 rows; < 1 means faster)"
-    loaded: dict[str, CompiledModel] = {}
+    loaded = {"default: -O3 + PGO (test sample)": reference.compiled}
     for index, (name, options) in enumerate(_variants(reference, tmp_path).items()):
         try:
-            result, seconds = _timed_compile(reference.model_json, tmp_path, f"variant{index}", **options)
+            result, seconds = _timed_compile(
+                reference.model_json, tmp_path, f"variant{index}", test_sample=reference.test_sample, **options
+            )
         except VerificationFailed as exc:
             bench_report(section, f"{name}: REFUSED by verification ({str(exc)[:90]}...)")
             continue
         loaded[name] = CompiledModel(result.path)
-        bench_report("compile time", f"{name}: {seconds:.1f} s")
+        bench_report("compile time", f"reference, {name}: {seconds:.1f} s")
     candidates = {"xgboost": wall(lambda: booster.inplace_predict(reference.rows))}
     candidates |= {name: (lambda m=model: m.c_loop_seconds(reference.rows)) for name, model in loaded.items()}
-    best = interleaved_best(candidates, repeat=5)
+    best = interleaved_best(candidates, repeat=7)
     xgb_ns = best.pop("xgboost") / BATCH_ROWS * 1e9
     bench_report(section, f"XGBoost inplace_predict, 1 thread: {xgb_ns:.0f} ns/row")
     for name, seconds in best.items():
         per_row = seconds / BATCH_ROWS * 1e9
         bench_report(section, f"{name}: {per_row:.0f} ns/row, {per_row / xgb_ns:.2f}x XGBoost")
-        loaded[name].close()
+        if loaded[name] is not reference.compiled:
+            loaded[name].close()
 
 
 def test_report_compile_times(reference: Reference, bench_report, tmp_path: Path) -> None:
@@ -236,16 +252,17 @@ def test_report_compile_times(reference: Reference, bench_report, tmp_path: Path
     timings = ", ".join(f"{stage} {s:.1f} s" for stage, s in reference.result.timings.items())
     bench_report(
         "compile time",
-        f"reference (100 trees, depth 6, 8 features): {reference.compile_seconds:.1f} s ({timings})",
+        f"reference (100 trees, depth 6, 8 features), -O3 + PGO: {reference.compile_seconds:.1f} s ({timings})",
     )
     booster, _ = _train(20_000, trees=1000, depth=8, seed=3)
     model_json = tmp_path / "model.json"
     booster.save_model(model_json)
-    result, seconds = _timed_compile(model_json, tmp_path, "thousand")
+    sample = _write_test_sample(tmp_path / "test_sample.npz", booster, seed=12)
+    result, seconds = _timed_compile(model_json, tmp_path, "thousand", test_sample=sample)
     timings = ", ".join(f"{stage} {s:.1f} s" for stage, s in result.timings.items())
     bench_report(
         "compile time",
-        f"1,000 trees, depth 8: {seconds:.1f} s ({timings}; {result.translation_units} translation units, "
+        f"1,000 trees, depth 8, -O3 + PGO: {seconds:.1f} s ({timings}; {result.translation_units} translation units, "
         f"{result.path.stat().st_size / 1e6:.1f} MB, {result.verification.rows} verification rows)",
     )
     rows = reference.rows[:10_000]
