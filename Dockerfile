@@ -14,10 +14,12 @@ FROM scratch AS registry
 FROM ${PYTHON_IMAGE} AS build
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The base image pins the Debian release; exact package versions would break on each security update.
+# gcc/g++ for the Cython/C extensions and the compiled models; gRPC C++ (scripts/install_native_deps.sh) for the
+# native transport. The base image pins the Debian release; exact package versions would break on each update.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc g++ libc6-dev zlib1g-dev \
+        libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /build/src
 COPY pyproject.toml setup.py README.md ./
@@ -48,6 +50,11 @@ CMD ["--help"]
 
 # ---- runtime: slim, no compiler, non-root, read-only models; serves gRPC on 50051, metrics on 9091 ----
 FROM ${PYTHON_IMAGE} AS runtime
+# Only the shared libraries the native gRPC transport links (Debian 12: gRPC 1.51, protobuf 3.21); no compiler.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 voxguard \
     && useradd --system --uid 10001 --gid voxguard --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin voxguard

@@ -46,9 +46,26 @@ def test_dockerfile_lints_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def apt_packages(stage: Stage) -> list[str]:
+    """The packages a stage installs with apt-get install."""
+    packages: list[str] = []
+    for run in stage.arguments("RUN"):
+        for command in run.split("&&"):
+            words = command.split()
+            if words[:2] == ["apt-get", "install"]:
+                packages += [w for w in words[2:] if not w.startswith("-")]
+    return packages
+
+
+def test_build_stage_has_the_compilers_and_the_native_transport_packages(dockerfile: dict[str, Stage]) -> None:
+    script = (ROOT / "scripts" / "install_native_deps.sh").read_text()
+    native = re.search(r"^PACKAGES=\((.*)\)$", script, re.MULTILINE)
+    assert native is not None
+    assert {"gcc", "g++", *native.group(1).split()} <= set(apt_packages(dockerfile["build"]))
+
+
 def test_build_stage_runs_the_build_script(dockerfile: dict[str, Stage]) -> None:
     build = dockerfile["build"]
-    assert any("gcc" in run and "g++" in run for run in build.arguments("RUN"))
     assert "deploy/docker/build.sh /build/build.sh" in build.arguments("COPY")
     assert any(run.endswith("sh /build/build.sh package /build/src /opt/venv") for run in build.arguments("RUN"))
     model = dockerfile["model"]
@@ -60,7 +77,10 @@ def test_runtime_stage_is_slim_non_root_and_serves(dockerfile: dict[str, Stage])
     runtime = list(dockerfile.values())[-1]
     assert runtime.name == "runtime", "the runtime stage must be the last (default) target"
     assert runtime.base == dockerfile["build"].base, "same Python base image, so the copied venv runs"
-    assert not any("apt-get install" in run or "pip install" in run for run in runtime.arguments("RUN"))
+    runtime_packages = apt_packages(runtime)
+    assert "libgrpc++1.51" in runtime_packages, "the native transport's shared libraries"
+    assert not [p for p in runtime_packages if p.endswith("-dev") or p in {"gcc", "g++", "cpp", "make", "pkg-config"}]
+    assert not any("pip install" in run for run in runtime.arguments("RUN"))
     copies = runtime.arguments("COPY")
     assert copies == ["--from=build /opt/venv /opt/venv", "--from=model /var/lib/voxguard /var/lib/voxguard"]
     (user,) = runtime.arguments("USER")
@@ -140,6 +160,8 @@ def test_build_steps_in_a_fresh_virtual_environment(tmp_path: Path, dockerfile: 
     subprocess.run(["sh", str(script), "package", str(context), str(venv)], check=True, timeout=600)
     wheels = list((tmp_path / "wheels").glob("voxguard_ml_pipeline-*.whl"))
     assert len(wheels) == 1 and "linux" in wheels[0].name, "a platform wheel: the native extensions are inside"
+    installed = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    assert (installed / "ml_pipeline" / "proto_gen" / "fraud_detection.proto").is_file()
 
     registry, compiled = tmp_path / "registry", tmp_path / "compiled_models"
     model_id = register_champion(registry, tmp_path)

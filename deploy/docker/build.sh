@@ -2,9 +2,10 @@
 # Build steps of the container image. The Dockerfile runs them, and tests/test_container_build.py runs the
 # very same script in a fresh virtual environment, so what the image does is what the test exercised.
 #
-#   build.sh package SRC VENV              generate the protobuf stubs, build the project wheel (the Cython/C
-#                                          extensions compiled by gcc) and install it with its dependencies
-#                                          into a new virtual environment VENV; the wheel stays in VENV/../wheels
+#   build.sh package SRC VENV              generate the protobuf stubs (and ship the .proto beside them),
+#                                          build the project wheel (the Cython/C extensions compiled by gcc)
+#                                          and install it with its dependencies into a new virtual
+#                                          environment VENV; the wheel stays in VENV/../wheels
 #   build.sh model MODEL_ID REGISTRY OUT   compile MODEL_ID of REGISTRY into OUT (skipped when MODEL_ID is
 #                                          empty), then strip from REGISTRY what serving does not read
 #                                          (labelled test rows, staging folder, lock file)
@@ -18,6 +19,7 @@ package() {
     "$venv/bin/pip" install "grpcio-tools>=1.70"
     "$venv/bin/python" -m grpc_tools.protoc -I"$src/proto" --python_out="$src/control/proto_gen" \
         "$src/proto/fraud_detection.proto"
+    cp "$src/proto/fraud_detection.proto" "$src/control/proto_gen/"
     "$venv/bin/pip" wheel --no-deps --wheel-dir "$wheels" "$src"
     "$venv/bin/pip" install "$wheels"/voxguard_ml_pipeline-*.whl
     "$venv/bin/python" -c "import ml_pipeline.native.compiled_model, ml_pipeline.native.serving_core, \
