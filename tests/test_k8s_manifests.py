@@ -85,9 +85,9 @@ def test_deployment_resources_and_rolling_update(deployment: dict[str, Any], con
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_probes_use_the_grpc_health_protocol(container: dict[str, Any]) -> None:
+def test_readiness_uses_the_grpc_health_protocol_and_liveness_the_port(container: dict[str, Any]) -> None:
     assert container["readinessProbe"]["grpc"] == {"port": 50051}
-    assert container["livenessProbe"]["grpc"]["port"] == 50051
+    assert container["livenessProbe"]["tcpSocket"] == {"port": 50051}
 
 
 def test_termination_grace_covers_prestop_and_the_server_drain(deployment: dict[str, Any], container: dict) -> None:
