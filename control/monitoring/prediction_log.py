@@ -191,7 +191,10 @@ class PredictionLog:
         if self._thread.is_alive():
             self._thread.join(timeout)
         if not self._thread.is_alive():
-            self.sink.close()
+            try:
+                self.sink.close()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.error("prediction log: closing the sink failed: %s", exc)
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self._queue.empty()):
