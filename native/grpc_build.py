@@ -76,5 +76,6 @@ def grpc_transport_extensions(compile_args: list[str]) -> list[Extension]:
             extra_compile_args=compile_args + cflags,
             extra_link_args=libs + ["-lgrpc++_reflection"],
             libraries=["dl", "z", "pthread"],
+            depends=[str(h.relative_to(ROOT)) for h in sorted((ROOT / "native").glob("*.h"))],
         )
     ]
