@@ -2,8 +2,8 @@
 and on rows generated from the model's own split thresholds, built so that every branch of every tree is taken.
 
 For each tree the generator walks every root-to-leaf path and writes one row satisfying it (values at a
-threshold go right, values just below it go left), plus one row per split node that reaches the node and
-leaves its feature missing (the default branch). Per feature it adds rows just below, at and above each
+threshold go right, values just below it go left), plus one row per split node that a missing value of its
+feature can reach, with that feature missing (the default branch). Per feature it adds rows just below, at and above each
 threshold, NaN and float32 extremes. Features a row does not constrain get values drawn from those same
 candidates, so other trees are exercised along the way.
 """
@@ -57,43 +57,46 @@ def feature_candidates(model: XGBoostModel) -> list[np.ndarray]:
 
 
 def _path_constraints(model: XGBoostModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(low, high, missing) per generated row: value in [low, high), or NaN where `missing`; one row per leaf
-    path and one per split node reached with its feature missing."""
+    """(low, high, missing) per generated row: each feature's value in [low, high), or NaN where `missing`.
+
+    One row per root-to-leaf path, and one per split node whose missing (default) branch a NaN can reach: the
+    node's feature is NaN and every earlier split on that feature sent missing values the way the path goes.
+    """
     lows: list[list[float]] = []
     highs: list[list[float]] = []
-    missings: list[list[bool]] = []
+    missing_feature: list[int] = []
     n = model.num_features
     for tree in model.trees:
-        left, right = tree["left_children"], tree["right_children"]
+        left, right, default_left = tree["left_children"], tree["right_children"], tree["default_left"]
         feature, condition = tree["split_indices"], tree["split_conditions"]
-        stack = [(0, [-np.inf] * n, [np.inf] * n, [False] * n)]
+        stack = [(0, [-np.inf] * n, [np.inf] * n, [True] * n)]
         while stack:
-            node, low, high, missing = stack.pop()
+            node, low, high, nan_reaches = stack.pop()
             if left[node] == -1:
                 lows.append(low)
                 highs.append(high)
-                missings.append(missing)
+                missing_feature.append(-1)
                 continue
             f, t = feature[node], np.float32(condition[node])
-            if not missing[f]:
-                unknown = missing.copy()
-                unknown[f] = True
+            if nan_reaches[f]:
                 lows.append(low)
                 highs.append(high)
-                missings.append(unknown)
-                go_left_high = high.copy()
-                go_left_high[f] = min(high[f], t)
-                go_right_low = low.copy()
-                go_right_low[f] = max(low[f], t)
-                stack.append((left[node], low, go_left_high, missing))
-                stack.append((right[node], go_right_low, high, missing))
-            else:  # the feature is already missing on this path: only the default branch is reachable
-                default = left[node] if tree["default_left"][node] else right[node]
-                stack.append((default, low, high, missing))
+                missing_feature.append(f)
+            left_high, left_nan = high.copy(), nan_reaches.copy()
+            left_high[f] = min(high[f], t)
+            left_nan[f] = nan_reaches[f] and bool(default_left[node])
+            right_low, right_nan = low.copy(), nan_reaches.copy()
+            right_low[f] = max(low[f], t)
+            right_nan[f] = nan_reaches[f] and not default_left[node]
+            stack.append((left[node], low, left_high, left_nan))
+            stack.append((right[node], right_low, high, right_nan))
+    missing = np.zeros((len(lows), n), dtype=bool)
+    rows_with_nan = np.flatnonzero(np.asarray(missing_feature) >= 0)
+    missing[rows_with_nan, np.asarray(missing_feature)[rows_with_nan]] = True
     return (
         np.asarray(lows, dtype=np.float64).reshape(-1, n),
         np.asarray(highs, dtype=np.float64).reshape(-1, n),
-        np.asarray(missings, dtype=bool).reshape(-1, n),
+        missing,
     )
 
 
