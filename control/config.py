@@ -202,6 +202,18 @@ def _optional_text(raw: str) -> str:
 _optional_text.accepted = "any string"  # type: ignore[attr-defined]
 
 
+def _prediction_log(raw: str) -> str | None:
+    target = raw.strip()
+    if not target:
+        return None
+    if not (target.startswith(("postgresql://", "postgres://")) or (target.startswith("file:") and len(target) > 5)):
+        raise ValueError
+    return target
+
+
+_prediction_log.accepted = "file:PATH or a postgresql:// DSN (empty: off)"  # type: ignore[attr-defined]
+
+
 def _cron(raw: str) -> str:
     expr = raw.strip()
     if not croniter.is_valid(expr):
@@ -273,6 +285,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("ML_REGISTRY_POLL_SECONDS", "1.0", _float_in(0.0, 3600.0, open_low=True), "registry polling interval"),
     EnvVar("ML_SHUTDOWN_GRACE_SECONDS", "10", _float_in(0.0, 3600.0), "SIGTERM: time in-flight calls get to finish"),
     EnvVar("ML_ENABLE_AB_TESTING", "true", _bool, "serve the registry's challenger on its traffic share"),
+    EnvVar("ML_PREDICTION_LOG", None, _prediction_log, "log each prediction to file:PATH (JSON Lines) or a DSN"),
+    EnvVar("ML_DRIFT_PUBLISH_SECONDS", "30", _float_in(0.0, 3600.0, open_low=True), "how often drift is published"),
+    EnvVar("ML_DRIFT_WINDOW_SECONDS", "3600", _float_in(0.0, 604800.0, open_low=True), "traffic span drift covers"),
     EnvVar("ML_ENVIRONMENT", "production", _text, "deployment name shown in logs and metrics"),
     EnvVar("ML_DEBUG", "false", _bool, "verbose logging"),
     EnvVar("ML_MODEL_REGISTRY_PATH", "models/registry", _text, "directory of the model registry"),
