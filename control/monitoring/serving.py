@@ -1,0 +1,105 @@
+"""What monitoring adds to an inference server: live drift gauges and, when configured, the prediction log.
+
+`ServerMonitoring.start()` starts the drift monitor (edges follow the champion) and, with ML_PREDICTION_LOG
+set, turns on the core's log ring buffer, drained every 100 ms into the PredictionLog writer. `collectors()`
+are registered on the server's metrics registry beside the core's own collector.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ml_pipeline.config import ENV_VARS, MLPipelineConfig
+from ml_pipeline.data.sources import is_dsn
+from ml_pipeline.model_registry import ModelRegistry
+from ml_pipeline.monitoring.live_drift import DriftCollector, DriftMonitor
+from ml_pipeline.monitoring.prediction_log import CoreLogPump, PredictionLog, open_sink
+
+LOG_RING_CAPACITY = 1 << 16
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """ML_PREDICTION_LOG (None: off), ML_DRIFT_PUBLISH_SECONDS and ML_DRIFT_WINDOW_SECONDS."""
+
+    prediction_log: str | None = None
+    drift_publish_seconds: float = 30.0
+    drift_window_seconds: float = 3600.0
+    log_password: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MonitoringSettings:
+        """Settings from the environment (ConfigError names a bad variable)."""
+        env = os.environ if environ is None else environ
+        values = {spec.name: spec.read(env) for spec in ENV_VARS if spec.name.startswith(("ML_PREDICTION", "ML_DRIFT"))}
+        target = values["ML_PREDICTION_LOG"]
+        password = None
+        if target and is_dsn(target) and urlsplit(target).password is None:
+            password = MLPipelineConfig.from_env(env).database.password.reveal()
+        return cls(target, values["ML_DRIFT_PUBLISH_SECONDS"], values["ML_DRIFT_WINDOW_SECONDS"], password)
+
+
+class ServerMonitoring:
+    """Drift monitor and optional prediction log of one server's ServingCore."""
+
+    def __init__(
+        self,
+        core: object,
+        registry: ModelRegistry,
+        champion_id: Callable[[], str | None],
+        settings: MonitoringSettings,
+    ) -> None:
+        self.core = core
+        self.settings = settings
+        self.drift = DriftMonitor(
+            core, registry, champion_id, settings.drift_publish_seconds, settings.drift_window_seconds
+        )
+        self.prediction_log: PredictionLog | None = None
+        self._pump: CoreLogPump | None = None
+
+    def start(self) -> None:
+        """Start drift tracking and, when configured, the prediction log (UsageError for a bad target)."""
+        if self.settings.prediction_log:
+            sink = open_sink(self.settings.prediction_log, self.settings.log_password)
+            self.core.enable_log(LOG_RING_CAPACITY)
+            self.prediction_log = PredictionLog(sink).start()
+            self._pump = CoreLogPump(self.core.drain_log, self.prediction_log).start()
+        self.drift.start()
+
+    def stop(self) -> None:
+        """Stop drift tracking; drain the ring once more and write what is queued."""
+        self.drift.stop()
+        if self._pump is not None and self.prediction_log is not None:
+            self._pump.stop()
+            self.prediction_log.close()
+
+    def collectors(self) -> list[Collector]:
+        """Collectors to register on the metrics registry."""
+        return [DriftCollector(self.drift), PredictionLogCollector(self)]
+
+
+class PredictionLogCollector(Collector):
+    """ml_prediction_log_written_total and ml_prediction_log_dropped_total{reason} (when the log is on)."""
+
+    def __init__(self, monitoring: ServerMonitoring) -> None:
+        self.monitoring = monitoring
+
+    def collect(self) -> Iterator[Metric]:
+        """Counts of the writer and of the core's ring buffer."""
+        plog = self.monitoring.prediction_log
+        if plog is None:
+            return
+        yield CounterMetricFamily("ml_prediction_log_written", "Prediction log records written", plog.counts["written"])
+        dropped = CounterMetricFamily(
+            "ml_prediction_log_dropped", "Prediction log records dropped instead of slowing Predict", labels=["reason"]
+        )
+        dropped.add_metric(["ring_full"], self.monitoring.core.log_dropped())
+        dropped.add_metric(["queue_full"], plog.counts["dropped_queue_full"])
+        dropped.add_metric(["write_failed"], plog.counts["dropped_write_failed"])
+        yield dropped
