@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import BuiltModel, build_model, register_compiled
 from tls_certs import Pki, make_pki
 
+from ml_pipeline.cli import main
 from ml_pipeline.errors import UsageError
 from ml_pipeline.inference_server.tls import ServerTLS
 from ml_pipeline.inference_server.transport import resolve_transport, transport_name
@@ -200,11 +201,16 @@ try:
     refused = None
 except UsageError as exc:
     refused = str(exc)
+from ml_pipeline.cli import main
+try:
+    main(["serve", "--registry", sys.argv[1], "--port", "0", "--transport", "native"])
+except SystemExit as exc:
+    cli_exit = exc.code
 with running_server(sys.argv[1], transport="auto") as server:
     client = Client(server.port)
     reply = client.predict(pb.PredictionRequest(features=[0.5] * 8, request_id="fallback"), timeout=5)
     client.close()
-print(json.dumps({"transport": server.transport, "model": reply.model_version, "refused": refused}))
+print(json.dumps({"transport": server.transport, "model": reply.model_version, "refused": refused, "cli": cli_exit}))
 """
 
 
@@ -224,5 +230,17 @@ def test_grpcio_serves_where_the_native_extension_is_absent(tmp_path: Path, mode
     assert outcome["model"] == "m_native"
     assert "transport native requested but the native transport is not built" in outcome["refused"]
     assert "libgrpc++-dev" in outcome["refused"]
+    assert outcome["cli"] == 2  # `ml-pipeline serve --transport native`: refused before serving, one line
+    assert "error: transport native requested but the native transport is not built" in result.stderr
     fallback_lines = [line for line in result.stderr.splitlines() if "serving with the grpcio transport" in line]
     assert len(fallback_lines) == 1 and "not built" in fallback_lines[0]
+
+
+def test_serve_refuses_an_unknown_transport_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ML_INFERENCE_TRANSPORT", "quic")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--registry", str(tmp_path), "--port", "0"])
+    assert exited.value.code == 2
+    assert "unknown transport 'quic': use native, grpcio or auto" in capsys.readouterr().err

@@ -35,8 +35,20 @@ from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
     default=None,
     help="Server processes sharing the port with SO_REUSEPORT [default: $ML_INFERENCE_WORKERS or 1].",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["native", "grpcio", "auto"], case_sensitive=False),
+    default=None,
+    help="native: C++ gRPC, no Python per request; grpcio: Python gRPC [default: $ML_INFERENCE_TRANSPORT or "
+    "auto = native when built, else grpcio].",
+)
 def serve(
-    registry_path: Path | None, host: str | None, port: int | None, metrics_port: int | None, workers: int | None
+    registry_path: Path | None,
+    host: str | None,
+    port: int | None,
+    metrics_port: int | None,
+    workers: int | None,
+    transport: str | None,
 ) -> None:
     """Serve FraudDetection (Predict, PredictBatch, PredictStream) with the registry's champion/challenger.
 
@@ -49,6 +61,7 @@ def serve(
         port=port,
         metrics_port=metrics_port,
         workers=workers,
+        transport=transport,
     )
     if run(settings) != 0:
         raise JobFailed("a server process exited with an error; see the log above")

@@ -10,7 +10,7 @@ from typing import Any
 from ml_pipeline.config import ENV_VARS, MLPipelineConfig
 from ml_pipeline.errors import UsageError
 from ml_pipeline.inference_server.server import InferenceServer
-from ml_pipeline.inference_server.transport import AUTO, transport_name
+from ml_pipeline.inference_server.transport import AUTO, resolve_transport, transport_name
 
 
 def _env_value(name: str, environ: Mapping[str, str]) -> Any:
@@ -55,7 +55,8 @@ class ServerSettings:
         settings = replace(self, **{k: v for k, v in changes.items() if v is not None})
         if settings.workers > 1 and settings.port == 0:
             raise UsageError("--workers > 1 needs a fixed --port (the processes share it)")
-        transport_name(settings.transport)  # UsageError now, not in each worker
+        if transport_name(settings.transport) == "native":
+            resolve_transport("native")  # UsageError now when not built, rather than in each worker
         return settings
 
     def make_server(self, worker_index: int = 0) -> InferenceServer:
