@@ -44,6 +44,7 @@ TESTS = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
+    """A small compiled model, built once for the module."""
     return build_model(tmp_path_factory.mktemp("native_models"), "m_native", 7)
 
 
@@ -56,11 +57,13 @@ def core(model: BuiltModel) -> ServingCore:
 
 
 def health_of(channel: grpc.Channel, service: str = "") -> int:
+    """grpc.health.v1 Check of `service` on `channel`: the serving status."""
     stub = health_pb2_grpc.HealthStub(channel)
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
 def predict_stub(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """Typed FraudDetection/Predict on `channel`."""
     return channel.unary_unary(
         "/FraudDetection/Predict",
         request_serializer=pb.PredictionRequest.SerializeToString,
@@ -145,6 +148,7 @@ def test_shutdown_lets_an_in_flight_stream_finish(core: ServingCore) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA with server, client and stranger certificates."""
     return make_pki(tmp_path_factory.mktemp("native_pki"))
 
 
