@@ -342,6 +342,13 @@ def test_sighup_reloads_and_sigterm_drains_in_flight_streams_and_exits_zero(
     assert "stopping: draining" in stderr
 
 
+def _metrics_up(port: int) -> bool:
+    try:
+        return "ml_model_a_requests_total" in metrics_text(port)
+    except OSError:
+        return False
+
+
 def _serving(client: Client) -> bool:
     try:
         return client.predict(request("probe"), timeout=2).model_version == "m_v1"
@@ -418,9 +425,7 @@ def test_cli_serve_with_two_workers_sharing_the_port(registry: ModelRegistry) ->
         [*command, "--metrics-port", str(metrics), "--workers", "2"], stderr=subprocess.PIPE, text=True
     )
     try:
-        probe = Client(port)
-        wait_until(lambda: _serving(probe), timeout=60)
-        probe.close()
+        wait_until(lambda: all(_metrics_up(p) for p in (metrics, metrics + 1)), timeout=60)  # both listening
         for i in range(40):  # a new connection each time: the kernel spreads them over the two processes
             client = Client(port)
             assert client.predict(request(f"w{i}"), timeout=5).model_version == "m_v1"
