@@ -2,7 +2,9 @@
 
 Bad input, UNAVAILABLE without a champion, deadlines, A/B parity with TrafficSplitter, hot swap under load
 with zero failed requests, a tampered library refused while the old model serves, health, reflection,
-metrics, batch and stream, and a SIGTERM drain of a server subprocess.
+metrics, batch and stream, SIGHUP reload and SIGTERM drain of a server subprocess, grpcurl, a Node.js
+client, and `ml-pipeline serve --workers 2` with `ml-pipeline predict`. The server runs on the default
+transport (the native one when it is built, else grpcio).
 """
 
 from __future__ import annotations
