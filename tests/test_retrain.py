@@ -99,9 +99,11 @@ def test_a_run_that_fails_the_gate_registers_nothing(
     assert RunStore(settings.runs_path).get(record.run_id).status == RunStatus.GATE_FAILED
 
 
-def register_weak_champion(registry: ModelRegistry, dsn: str, out: Path) -> str:
-    """Three stumps trained on 30 days of alerts, promoted: a champion with low AUC that flags nothing."""
+def register_weak_champion(registry: ModelRegistry, dsn: str, out: Path, days_ago: int = 0) -> str:
+    """Three stumps trained on the alerts of the last 30 days (up to `days_ago`), promoted: a champion with
+    low AUC that flags nothing."""
     data = load_training_data(dsn, 30)
+    data = data[data["labelled_at"] < pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=days_ago)]
     stump = ModelTrainer(max_depth=1, n_estimators=3)
     dtrain, dval, dtest = stump.prepare_data(data)
     stump.train(dtrain, dval)
@@ -133,7 +135,34 @@ def test_the_champion_is_scored_on_this_runs_test_rows(
     assert record.champion["metrics"]["samples"] == len(test.y) == record.rows["test"]
     assert record.champion["metrics"]["auc_score"] != registry.get_model(weak).auc_score
     assert record.comparison["better"] and record.comparison["auc_gain"] >= settings.min_improvement, record.reason
-    assert record.status == RunStatus.REGISTERED and "better than champion xgboost_v2026.01.01.000000" in record.reason
+    assert record.status == RunStatus.REGISTERED and f"better than champion {weak}" in record.reason
+    assert record.comparison["basis"].startswith("all test rows; only 0 fraud and 0 normal labelled after")
+
+
+def test_the_comparison_keeps_to_test_rows_the_champion_never_saw(
+    pg_dsn: str, config: MLPipelineConfig, settings: RetrainSettings, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    write_alerts_to_postgres(pg_dsn, alerts_over_30_days(12_000, CLEAN))
+    weak = register_weak_champion(registry, pg_dsn, tmp_path / "weak", days_ago=3)  # saw nothing of the last 3 days
+    champion_end = pd.Timestamp(registry.get_model(weak).data_window["end"])
+
+    record = retrain(config, source=pg_dsn, registry=registry, settings=settings)
+
+    data = load_training_data(pg_dsn, LOOKBACK)
+    y = data[LABEL].to_numpy(np.int8)
+    test_rows = stratified_split(np.arange(len(y)).reshape(-1, 1), y, 42)["test"].X[:, 0]
+    fresh = test_rows[(data["labelled_at"].to_numpy()[test_rows] > champion_end)]
+    assert 0 < len(fresh) < record.rows["test"]
+    X_fresh = data[FEATURE_NAMES].to_numpy(np.float32)[fresh]
+    champion = xgb.Booster(model_file=str(registry.artifact_path(weak)))
+    expected = ModelEvaluator(0.7).evaluate(
+        y[fresh], champion.predict(xgb.DMatrix(X_fresh, feature_names=FEATURE_NAMES))
+    )
+
+    assert record.comparison["test_rows"] == len(fresh) == record.champion["metrics"]["samples"]
+    assert record.champion["metrics"]["confusion_matrix"] == expected.confusion_matrix
+    assert record.comparison["basis"] == f"labelled after the champion's data, which ends {champion_end.isoformat()}"
+    assert record.comparison["metrics"]["samples"] == len(fresh) and record.metrics["samples"] == record.rows["test"]
 
 
 def test_a_model_no_better_than_the_champion_is_rejected_with_the_reason(

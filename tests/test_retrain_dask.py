@@ -17,7 +17,7 @@ from ml_pipeline.data.generator import GeneratorSettings, generate_alerts
 from ml_pipeline.data.sources import write_alerts_to_postgres
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.retraining import RetrainSettings, dask_train, retrain
-from ml_pipeline.retraining.dask_train import time_partitions
+from ml_pipeline.retraining.dask_train import split_partition, time_partitions
 
 CLEAN = GeneratorSettings(fraud_rate=0.1, stealth_rate=0.0, fraud_label_noise=0.0, normal_label_noise=0.0)
 
@@ -91,3 +91,17 @@ def test_an_unreachable_dask_scheduler_fails_the_run(tmp_path: Path, monkeypatch
         dask_scheduler="tcp://127.0.0.1:1",
     )
     assert record.status == "failed" and "cannot reach the Dask scheduler tcp://127.0.0.1:1" in record.reason
+
+
+def test_split_partition_keeps_label_times_with_their_rows() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.random((500, 8), dtype=np.float32)
+    X[:, 0] = np.arange(500)  # row number in the first feature
+    y = (rng.random(500) < 0.2).astype(np.int8)
+    stamps = np.datetime64("2026-11-01T00:00:00", "us") + np.arange(500).astype("timedelta64[s]")
+    parts = split_partition(X, y, 7, stamps)
+    assert [len(parts[name][1]) for name in ("train", "val", "test")] == [350, 50, 100]
+    for part_X, part_y, part_stamps in parts.values():
+        rows = part_X[:, 0].astype(int)
+        assert (part_stamps == stamps[rows]).all() and (part_y == y[rows]).all()
+    assert split_partition(X[:30], np.zeros(30, np.int8), 7)["train"][2] is None  # too small: all to train

@@ -25,13 +25,21 @@ from xgboost import dask as dxgb
 
 from ml_pipeline.config import MLPipelineConfig
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
-from ml_pipeline.data.sources import data_window, describe_source, is_dsn, load_training_data, window_extent
+from ml_pipeline.data.sources import (
+    TIMESTAMP,
+    data_window,
+    describe_source,
+    is_dsn,
+    load_training_data,
+    window_extent,
+)
 from ml_pipeline.errors import JobFailed
-from ml_pipeline.retraining.run import TrainedModel, check_rows, timed, window_text
+from ml_pipeline.retraining.run import TrainedModel, check_rows, timed, utc_datetime64, window_text
 from ml_pipeline.training.evaluator import ModelEvaluator
 from ml_pipeline.training.trainer import MIN_ROWS_PER_CLASS, ModelTrainer, Split, stratified_split
 
 PARTITION_ROWS = 250_000
+Part = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # X, y, label times (UTC datetime64) of one split part
 CONNECT_TIMEOUT_S = 30
 PARTS = ("train", "val", "test")
 
@@ -71,7 +79,7 @@ def train_on_dask(
             test = trainer.splits["test"]
             proba = trainer.predict_from_dmatrix(xgb.DMatrix(test.X, feature_names=FEATURE_NAMES))
             metrics = ModelEvaluator(config.model.threshold).evaluate(test.y, proba)
-        yield TrainedModel(trainer, metrics, window, rows)
+        yield TrainedModel(trainer, metrics, window, rows, trainer.test_labelled_at)
 
 
 class DaskModelTrainer(ModelTrainer):
@@ -85,6 +93,7 @@ class DaskModelTrainer(ModelTrainer):
         super().__init__(**kwargs)
         self.client = client
         self.rows: dict[str, int] = {}
+        self.test_labelled_at: np.ndarray | None = None
         self._parts: list[Future] = []
 
     def load(self, source: str, lookback_days: int, query: str, password: str | None) -> dict[str, Any]:
@@ -111,13 +120,13 @@ class DaskModelTrainer(ModelTrainer):
             frame = load_training_data(source, lookback_days)
             window = data_window(source, lookback_days, frame)
             X, y = frame[FEATURE_NAMES].to_numpy(np.float32), frame[LABEL].to_numpy(np.int8)
+            stamps = utc_datetime64(frame[TIMESTAMP]) if TIMESTAMP in frame else None
             count = self._partition_count(len(frame))
-            self._parts = [
-                self.client.submit(
-                    split_partition, *self.client.scatter([X[i::count], y[i::count]]), self.random_state + i
-                )
-                for i in range(count)
-            ]
+            self._parts = []
+            for i in range(count):
+                X_i, y_i = self.client.scatter([X[i::count], y[i::count]])
+                stamps_i = None if stamps is None else self.client.scatter(stamps[i::count])
+                self._parts.append(self.client.submit(split_partition, X_i, y_i, self.random_state + i, stamps_i))
         self._gather_test_split()
         return {**window, "rows": self.rows["total"]}
 
@@ -163,6 +172,8 @@ class DaskModelTrainer(ModelTrainer):
             )
         tests = self.client.gather([self.client.submit(_pick, p, "test") for p in self._parts])
         self.splits["test"] = Split(X=np.concatenate([t[0] for t in tests]), y=np.concatenate([t[1] for t in tests]))
+        stamps = [t[2] for t in tests]
+        self.test_labelled_at = None if any(s is None for s in stamps) else np.concatenate(stamps)
         self.rows = {
             "total": sum(s["train"] + s["val"] + s["test"] for s in sizes),
             "fraud": sum(s["fraud"] for s in sizes),
@@ -184,29 +195,33 @@ def read_and_split(
     password: str | None,
     bound: tuple[datetime, datetime | None],
     seed: int,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> dict[str, Part]:
     """On a worker: read one time partition of the window and split it (see split_partition)."""
     frame = load_training_data(source, lookback_days, query=query, password=password, between=bound)
-    return split_partition(frame[FEATURE_NAMES].to_numpy(np.float32), frame[LABEL].to_numpy(np.int8), seed)
+    stamps = utc_datetime64(frame[TIMESTAMP]) if TIMESTAMP in frame else None
+    return split_partition(frame[FEATURE_NAMES].to_numpy(np.float32), frame[LABEL].to_numpy(np.int8), seed, stamps)
 
 
-def split_partition(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The seeded, stratified 70/10/20 split of one partition; one too small to stratify goes to training."""
+def split_partition(X: np.ndarray, y: np.ndarray, seed: int, labelled_at: np.ndarray | None = None) -> dict[str, Part]:
+    """The seeded, stratified 70/10/20 split of one partition into (X, y, labelled_at or None) parts;
+    a partition too small to stratify goes to training."""
     if np.bincount(y, minlength=2).min() < MIN_ROWS_PER_CLASS:
-        empty = (X[:0], y[:0])
-        return {"train": (X, y), "val": empty, "test": empty}
-    return {name: (s.X, s.y) for name, s in stratified_split(X, y, seed).items()}
+        rows = {"train": np.arange(len(y)), "val": np.arange(0), "test": np.arange(0)}
+    else:
+        numbers = stratified_split(np.arange(len(y)).reshape(-1, 1), y, seed)
+        rows = {name: split.X[:, 0] for name, split in numbers.items()}
+    return {name: (X[r], y[r], None if labelled_at is None else labelled_at[r]) for name, r in rows.items()}
 
 
-def _sizes(parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, int]:
+def _sizes(parts: dict[str, Part]) -> dict[str, int]:
     return {**{name: len(parts[name][1]) for name in PARTS}, "fraud": int(sum(parts[n][1].sum() for n in PARTS))}
 
 
-def _pick(parts: dict[str, tuple[np.ndarray, np.ndarray]], name: str) -> tuple[np.ndarray, np.ndarray]:
+def _pick(parts: dict[str, Part], name: str) -> Part:
     return parts[name]
 
 
-def _field(parts: dict[str, tuple[np.ndarray, np.ndarray]], name: str, index: int) -> np.ndarray:
+def _field(parts: dict[str, Part], name: str, index: int) -> np.ndarray:
     return parts[name][index]
 
 

@@ -20,18 +20,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import pandas as pd
 import xgboost as xgb
 
 from ml_pipeline.config import MLPipelineConfig
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
-from ml_pipeline.data.sources import data_window, describe_source, is_dsn, load_training_data
+from ml_pipeline.data.sources import TIMESTAMP, data_window, describe_source, is_dsn, load_training_data
 from ml_pipeline.errors import JobFailed, PipelineError
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 from ml_pipeline.retraining.notify import WebhookNotifier, announce
 from ml_pipeline.retraining.records import RunRecord, RunStatus, RunStore, new_run_id
 from ml_pipeline.retraining.settings import RetrainSettings
 from ml_pipeline.training.evaluator import EvaluationMetrics, ModelEvaluator
-from ml_pipeline.training.trainer import ModelTrainer, write_training_output
+from ml_pipeline.training.trainer import MIN_ROWS_PER_CLASS, ModelTrainer, stratified_split, write_training_output
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,17 @@ RECORDED_METRICS = (
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A trained model with the test split it was evaluated on and the data it came from."""
+    """A trained model with the test split it was evaluated on and the data it came from.
+
+    `test_labelled_at` (UTC datetime64, aligned with the test split) lets the champion comparison keep to
+    the test rows labelled after the champion's own data; None when the source has no label times.
+    """
 
     trainer: ModelTrainer
     metrics: EvaluationMetrics
     data_window: dict[str, Any]
     rows: dict[str, int]
+    test_labelled_at: np.ndarray | None = None
 
 
 def retrain(
@@ -174,7 +180,7 @@ def _decide(
         return
 
     with timed(record.durations_s, "compare"):
-        decision = _compare_with_champion(record, registry, model, settings.min_improvement)
+        decision = _compare_with_champion(record, registry, model, settings.min_improvement, config.model.threshold)
     if decision is not None:
         record.status, record.reason = RunStatus.REJECTED, decision
         return
@@ -213,12 +219,21 @@ def _train_locally(config: MLPipelineConfig, source: str, min_rows: int, timings
     )
     with timed(timings, "train"):
         dtrain, dval, dtest = trainer.prepare_data(frame)
+        test_labelled_at = None
+        if TIMESTAMP in frame:  # the same seeded split of the row numbers: which rows went to the test split
+            numbers = stratified_split(np.arange(len(labels)).reshape(-1, 1), labels, trainer.random_state)
+            test_labelled_at = utc_datetime64(frame[TIMESTAMP])[numbers["test"].X[:, 0]]
         del frame, labels  # the splits hold the data now
         trainer.train(dtrain, dval)
     with timed(timings, "evaluate"):
         proba = trainer.predict_from_dmatrix(dtest)
         metrics = ModelEvaluator(config.model.threshold).evaluate(trainer.splits["test"].y, proba)
-    return TrainedModel(trainer, metrics, window, split_rows(trainer, window["rows"]))
+    return TrainedModel(trainer, metrics, window, split_rows(trainer, window["rows"]), test_labelled_at)
+
+
+def utc_datetime64(stamps: pd.Series) -> np.ndarray:
+    """Aware label times as naive UTC datetime64[us] (what the comparison with the champion's data uses)."""
+    return stamps.dt.tz_convert(UTC).dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
 
 
 def window_text(window: dict[str, Any]) -> str:
@@ -247,27 +262,34 @@ def split_rows(trainer: ModelTrainer, total: int) -> dict[str, int]:
 
 
 def _compare_with_champion(
-    record: RunRecord, registry: ModelRegistry, model: TrainedModel, margin: float
+    record: RunRecord, registry: ModelRegistry, model: TrainedModel, margin: float, threshold: float
 ) -> str | None:
     """Step 6: score the champion on this run's test rows; None when the new model should be proposed,
-    else the reason it is not. Sets record.champion, record.comparison and the proposal reason."""
+    else the reason it is not. Sets record.champion, record.comparison and the proposal reason.
+
+    Only the test rows labelled after the champion's data window are used when there are enough of both
+    classes: the champion trained on most older rows, and scoring it on them would flatter it.
+    """
     champion_id = registry.serving_state().champion_id
     if champion_id is None:
         record.reason = "passes the quality gate; there is no champion to compare with"
         return None
-    test = model.trainer.splits["test"]
     champion = registry.get_model(champion_id)
     booster = xgb.Booster(model_file=str(registry.artifact_path(champion_id)))
     if booster.feature_names not in (None, FEATURE_NAMES):
         raise JobFailed(f"champion {champion_id} uses features {booster.feature_names}, not {FEATURE_NAMES}")
-    proba = booster.predict(xgb.DMatrix(test.X, feature_names=FEATURE_NAMES))
-    theirs = ModelEvaluator(champion.threshold).evaluate(test.y, proba)
-    ours = model.metrics
+    test = model.trainer.splits["test"]
+    rows, basis = unseen_by_champion(model.test_labelled_at, test.y, champion.data_window.get("end"))
+    X, y = test.X[rows], test.y[rows]
+    ours = ModelEvaluator(threshold).evaluate(y, model.trainer.predict_from_dmatrix(_dmatrix(X)))
+    theirs = ModelEvaluator(champion.threshold).evaluate(y, booster.predict(_dmatrix(X)))
     record.champion = {"model_id": champion_id, "threshold": champion.threshold, "metrics": _recorded(theirs)}
     better = ours.is_better_than(theirs, margin)
     record.comparison = {
-        "test_rows": int(len(test.y)),
+        "basis": basis,
+        "test_rows": int(len(y)),
         "margin": margin,
+        "metrics": _recorded(ours),
         "auc_gain": ours.auc_score - theirs.auc_score,
         "precision_change": ours.precision - theirs.precision,
         "recall_change": ours.recall - theirs.recall,
@@ -277,9 +299,9 @@ def _compare_with_champion(
         f"AUC {ours.auc_score:.4f} vs {theirs.auc_score:.4f}, precision {ours.precision:.4f} vs "
         f"{theirs.precision:.4f}, recall {ours.recall:.4f} vs {theirs.recall:.4f}"
     )
-    rows = f"on the same {len(test.y)} test rows"
+    on_rows = f"on the same {len(y)} test rows ({basis})"
     if better:
-        record.reason = f"better than champion {champion_id} {rows} by at least {margin} AUC ({figures})"
+        record.reason = f"better than champion {champion_id} {on_rows} by at least {margin} AUC ({figures})"
         return None
     shortfalls = [
         text
@@ -293,7 +315,30 @@ def _compare_with_champion(
         )
         if failed
     ]
-    return f"not better than champion {champion_id} {rows}: {'; '.join(shortfalls)} ({figures}); nothing registered"
+    return f"not better than champion {champion_id} {on_rows}: {'; '.join(shortfalls)} ({figures}); nothing registered"
+
+
+def unseen_by_champion(
+    test_labelled_at: np.ndarray | None, y: np.ndarray, champion_data_end: str | None
+) -> tuple[np.ndarray, str]:
+    """Which test rows to compare on, and why: those labelled after `champion_data_end` when they hold at
+    least MIN_ROWS_PER_CLASS of each class, else all of them."""
+    everything = np.ones(len(y), dtype=bool)
+    if test_labelled_at is None or not champion_data_end:
+        return everything, "all test rows; no label times to tell which ones the champion saw"
+    end = np.datetime64(datetime.fromisoformat(champion_data_end).astimezone(UTC).replace(tzinfo=None), "us")
+    fresh = test_labelled_at > end
+    counts = np.bincount(y[fresh], minlength=2)
+    if counts.min() < MIN_ROWS_PER_CLASS:
+        return everything, (
+            f"all test rows; only {counts[1]} fraud and {counts[0]} normal labelled after the champion's data, "
+            f"which ends {champion_data_end}"
+        )
+    return fresh, f"labelled after the champion's data, which ends {champion_data_end}"
+
+
+def _dmatrix(X: np.ndarray) -> xgb.DMatrix:
+    return xgb.DMatrix(X, feature_names=FEATURE_NAMES)
 
 
 def _recorded(metrics: EvaluationMetrics) -> dict[str, Any]:
