@@ -70,21 +70,22 @@ class DriftWindow:
         self._snapshots: deque[DriftSnapshot] = deque(maxlen=size + 1)
 
     def add(self, snapshot: DriftSnapshot) -> None:
-        """Append a snapshot; one of another generation (new edges) starts the window again."""
-        if self._snapshots and self._snapshots[-1].generation != snapshot.generation:
+        """Append a snapshot; the first of a generation (new edges) restarts the window from zero counts."""
+        if not self._snapshots or self._snapshots[-1].generation != snapshot.generation:
             self._snapshots.clear()
+            zeros = DriftSnapshot(
+                snapshot.generation, 0, np.zeros_like(snapshot.features), np.zeros_like(snapshot.score)
+            )
+            self._snapshots.append(zeros)
         self._snapshots.append(snapshot)
 
     def values(self) -> DriftValues:
-        """PSI over the window (empty when it holds fewer than min_rows rows)."""
+        """PSI over the window (no PSI while it holds fewer than min_rows rows)."""
         if not self._snapshots:
             return DriftValues()
         newest, oldest = self._snapshots[-1], self._snapshots[0]
-        if len(self._snapshots) == 1:  # the first snapshot of a generation: counts since the edges were set
-            features, score, rows = newest.features, newest.score, newest.rows
-        else:
-            features, score = newest.features - oldest.features, newest.score - oldest.score
-            rows = newest.rows - oldest.rows
+        features, score = newest.features - oldest.features, newest.score - oldest.score
+        rows = newest.rows - oldest.rows
         if rows < self.min_rows:
             return DriftValues(rows=rows)
         values = DriftValues(rows=rows)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ml_pipeline.config import ENV_VARS, MLPipelineConfig
@@ -57,6 +57,7 @@ class ServerMonitoring:
     ) -> None:
         self.core = core
         self.settings = settings
+        self.champion_id = champion_id
         self.drift = DriftMonitor(
             core, registry, champion_id, settings.drift_publish_seconds, settings.drift_window_seconds
         )
@@ -70,6 +71,7 @@ class ServerMonitoring:
             self.core.enable_log(LOG_RING_CAPACITY)
             self.prediction_log = PredictionLog(sink).start()
             self._pump = CoreLogPump(self.core.drain_log, self.prediction_log).start()
+        self.drift.sync_reference()  # the first requests already count
         self.drift.start()
 
     def stop(self) -> None:
@@ -81,7 +83,19 @@ class ServerMonitoring:
 
     def collectors(self) -> list[Collector]:
         """Collectors to register on the metrics registry."""
-        return [DriftCollector(self.drift), PredictionLogCollector(self)]
+        return [DriftCollector(self.drift), PredictionLogCollector(self), ChampionCollector(self.champion_id)]
+
+
+class ChampionCollector(Collector):
+    """ml_champion_loaded: 1 while a verified champion serves, else 0 (Predict then answers UNAVAILABLE)."""
+
+    def __init__(self, champion_id: Callable[[], str | None]) -> None:
+        self.champion_id = champion_id
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauge, read at scrape time."""
+        loaded = 0 if self.champion_id() is None else 1
+        yield GaugeMetricFamily("ml_champion_loaded", "1 while a verified champion model is loaded", value=loaded)
 
 
 class PredictionLogCollector(Collector):
