@@ -1,7 +1,7 @@
 """Load generator for the server benchmark; runs as its own process so client and server do not share a GIL.
 
 `python bench/loadgen.py NAME=HOST:PORT ... [--rounds R] [--calls N] [--seconds S] [--batch-target NAME]`
-measures each target in interleaved rounds (a noisy neighbour slows all alike) and prints one JSON object:
+measures the targets interleaved (a noisy neighbour slows all alike) and prints one JSON object:
 per target the sequential Predict latencies (p50/p99/p99.9 in µs) and the throughput with 8 calls in
 flight; for the batch target also PredictBatch and PredictStream rows per second.
 """
@@ -33,17 +33,24 @@ REQUESTS = [
 ]
 
 
-def sequential(target: str, calls: int) -> list[float]:
-    """Latencies (µs) of `calls` back-to-back Predict calls on one channel."""
-    with grpc.insecure_channel(target) as channel:
-        predict = channel.unary_unary("/FraudDetection/Predict")
-        out = []
-        for i in range(calls):
-            raw = REQUESTS[i % len(REQUESTS)]
-            started = time.perf_counter_ns()
-            predict(raw, timeout=10)
-            out.append((time.perf_counter_ns() - started) / 1e3)
+def sequential(targets: dict[str, str], calls: int, block: int = 20) -> dict[str, list[float]]:
+    """Latencies (µs) of `calls` back-to-back Predict calls per target, one channel each, alternating between
+    targets every `block` calls so that a burst of load from elsewhere hits every target alike."""
+    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+    try:
+        stubs = {name: channel.unary_unary("/FraudDetection/Predict") for name, channel in channels.items()}
+        out: dict[str, list[float]] = {name: [] for name in targets}
+        for first in range(0, calls, block):
+            for name, predict in stubs.items():
+                for i in range(first, min(first + block, calls)):
+                    raw = REQUESTS[i % len(REQUESTS)]
+                    started = time.perf_counter_ns()
+                    predict(raw, timeout=10)
+                    out[name].append((time.perf_counter_ns() - started) / 1e3)
         return out
+    finally:
+        for channel in channels.values():
+            channel.close()
 
 
 async def _in_flight(target: str, seconds: float) -> float:
@@ -120,19 +127,16 @@ def main() -> None:
     """Measure every target, interleaved, and print the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("targets", nargs="+", help="NAME=HOST:PORT")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--calls", type=int, default=600, help="sequential calls per target per round")
-    parser.add_argument("--seconds", type=float, default=1.0, help="in-flight run per target per round")
+    parser.add_argument("--seconds", type=float, default=0.7, help="in-flight run per target per round")
     parser.add_argument("--batch-target", default=None, help="target also measured with PredictBatch/Stream")
     args = parser.parse_args()
     targets = dict(t.split("=", 1) for t in args.targets)
-    for target in targets.values():
-        sequential(target, 300)  # warm-up: connections, caches, lazy initialisation
-    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    sequential(targets, 300)  # warm-up: connections, caches, lazy initialisation
+    latencies = sequential(targets, args.calls * args.rounds)
     throughput: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(args.rounds):
-        for name, target in targets.items():
-            latencies[name] += sequential(target, args.calls)
         for name, target in targets.items():
             throughput[name].append(in_flight(target, args.seconds))
     report: dict[str, dict[str, float]] = {
