@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -54,18 +55,21 @@ class Sink(Protocol):
 
 
 class JsonLinesSink:
-    """Appends one JSON object per record to `path`; past `max_bytes` it rotates PATH → PATH.1 → ... PATH.N."""
+    """Appends one JSON object per record to `path`; past `max_bytes` it rotates PATH → PATH.1 → ... PATH.N.
+
+    Each batch is one O_APPEND write, so batches never interleave within a line. Several server processes
+    (--workers N) may share the file, but each rotates on its own: prefer the PostgreSQL log for that case."""
 
     def __init__(self, path: str | Path, max_bytes: int = 64 << 20, backups: int = 5) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._fd = self._open()
 
     def write(self, batch: Sequence[Record]) -> None:
-        """Write the batch as JSON lines and flush; rotate first when the file is full."""
-        if self._file.tell() >= self.max_bytes:
+        """Write the batch as JSON lines in one write; rotate first when the file is full."""
+        if os.fstat(self._fd).st_size >= self.max_bytes:
             self._rotate()
         lines = [
             json.dumps(
@@ -81,21 +85,26 @@ class JsonLinesSink:
             )
             for t, rid, model, slot, score, decision in batch
         ]
-        self._file.write("\n".join(lines) + "\n")
-        self._file.flush()
+        data = ("\n".join(lines) + "\n").encode()
+        written = os.write(self._fd, data)
+        if written != len(data):
+            raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes): disk full?")
 
     def close(self) -> None:
         """Close the current file."""
-        self._file.close()
+        os.close(self._fd)
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _rotate(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         for index in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{index}")
             if older.exists():
                 older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
         self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        self._file = self.path.open("a", encoding="utf-8")
+        self._fd = self._open()
 
 
 class PostgresSink:
