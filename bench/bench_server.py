@@ -109,17 +109,36 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             str(model_json),
         ],
     }
-    processes = [subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL) for cmd in commands.values()]
+    processes = {name: subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL) for name, cmd in commands.items()}
     try:
         targets = {name: f"127.0.0.1:{ports[name]}" for name in commands}
         for target in targets.values():
             _wait_ready(target)
-        yield {**targets, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics"}
+        pids = {f"pid:{name}": str(process.pid) for name, process in processes.items()}
+        yield {**targets, **pids, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics"}
     finally:
-        for process in processes:
+        for process in processes.values():
             process.terminate()
-        for process in processes:
+        for process in processes.values():
             process.wait(timeout=30)
+
+
+def _cpu_seconds(pid: str) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu_per_call_us(target: str, pid: str, calls: int = 3000) -> float:
+    """Server CPU time per sequential Predict call: unlike wall-clock latency, not inflated by other load."""
+    with grpc.insecure_channel(target) as channel:
+        predict = channel.unary_unary("/FraudDetection/Predict")
+        raw = b"\x0a\x20" + b"\x00" * 32
+        before = _cpu_seconds(pid)
+        for _ in range(calls):
+            predict(raw, timeout=10)
+        return (_cpu_seconds(pid) - before) / calls * 1e6
 
 
 def _core_seconds_per_prediction(metrics_url: str) -> float:
@@ -160,6 +179,11 @@ def test_server_latency_budgets(servers: dict[str, str], bench_report: Callable[
     say(
         f"core rows/s: unary (8 in flight) {core['rps_8_in_flight']:.0f}, PredictBatch (256 rows/call) "
         f"{core['batch_rows_per_s']:.0f}, PredictStream {core['stream_rows_per_s']:.0f}"
+    )
+    cpu = {name: _server_cpu_per_call_us(servers[name], servers[f"pid:{name}"]) for name in ("core", "constant")}
+    say(
+        f"server CPU per Predict: core {cpu['core']:.0f} µs, constant {cpu['constant']:.0f} µs "
+        f"(ratio {cpu['core'] / cpu['constant']:.2f}, reported, no budget)"
     )
     say(
         f"time in the serving core per prediction {core_us:.1f} µs vs a {core['p50_us']:.0f} µs p50 call: coalescing "
