@@ -306,9 +306,10 @@ static size_t count_rows(const uint8_t *req, size_t len) {
     return rows;
 }
 
-/* Largest item: tag + length varint + bool + probability + model id + latency (request id comes from the
- * request's own bytes, counted by `len`). */
-#define ITEM_BOUND (1 + 2 + 2 + 5 + 2 + VG_MODEL_ID_MAX + 5 + 3)
+/* Largest encoded response or batch item besides its request id's bytes: item tag + length varint (5) + is_fraud
+ * (2) + probability (5) + model_version (tag, 2-byte length, id) + latency_ms (5) + request_id tag and length
+ * varint (1 + 5). The request id's own bytes are counted separately (at most the request's length). */
+#define ITEM_BOUND (1 + 5 + 2 + 5 + (1 + 2 + VG_MODEL_ID_MAX) + 5 + (1 + 5))
 
 size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len) {
     (void)core;

@@ -227,3 +227,18 @@ def _loaded_libraries() -> int:
     """Distinct compiled-model libraries mapped into this process (CompiledModel loads them from a memfd)."""
     with open("/proc/self/maps") as maps:
         return len({line.split()[4] for line in maps if "memfd:vg_model" in line})
+
+
+def test_huge_request_ids_fit_the_response(models: tuple[BuiltModel, BuiltModel]) -> None:
+    """Request ids of hundreds of kilobytes (long length prefixes) are echoed intact in batch and stream."""
+    champion, _ = models
+    core = ServingCore(max_request_bytes=1 << 20)
+    core.set_champion(load(champion).capsule(), "m" * 127, 0.5)
+    row = rows(1)[0].tolist()
+    keys = ["k" * 300_000, "é" * 100_000, ""]
+    batch = pb.PredictionBatchRequest(requests=[pb.PredictionRequest(features=row, request_id=k) for k in keys])
+    reply = pb.PredictionBatchResponse.FromString(core.handle_batch(batch.SerializeToString()))
+    assert [r.request_id for r in reply.responses] == keys
+    assert {r.model_version for r in reply.responses} == {"m" * 127}
+    streamed = pb.ScoredPrediction.FromString(core.handle_stream(request(rows(1)[0], keys[0])))
+    assert streamed.request_id == keys[0]
