@@ -10,7 +10,7 @@ import pytest
 from registry_support import write_training_output
 
 from ml_pipeline.cli import main
-from ml_pipeline.cli.compile_cmds import default_model_id
+from ml_pipeline.compiler.registered import default_model_id
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 from ml_pipeline.native.compiled_model import CompiledModel
 
