@@ -2,11 +2,17 @@
 
 A list of named steps run in order, each a function that takes the shared DemoRun, does one thing and
 returns a one-line summary; the runner prints each step with its time. Append a Step to STEPS to extend
-the demo. Everything lands in demo_output/ (data, training output of contract A, HTML report).
+the demo. Everything lands in demo_output/ (data, training output, HTML report, registry); the compiled
+library in compiled_models/. The last steps start the real server in its own process (as `ml-pipeline
+serve` would), send it real gRPC Predict calls and stop it with SIGTERM, as an operator would.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -15,13 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 import numpy as np
 import pandas as pd
 
+from ml_pipeline.compiler.registered import DEFAULT_OUT_DIR, compile_registered
 from ml_pipeline.config import MLPipelineConfig
 from ml_pipeline.data.generator import generate_alerts
 from ml_pipeline.data.sources import data_window, load_training_data
 from ml_pipeline.errors import JobFailed, PipelineError
+from ml_pipeline.inference_server.healthcheck import check as health_check
+from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
+from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 from ml_pipeline.training.evaluator import EvaluationMetrics, ModelEvaluator
 from ml_pipeline.training.trainer import ModelTrainer, write_training_output
 
@@ -29,6 +40,8 @@ DEMO_DIR = Path("demo_output")
 DEMO_ROWS = 100_000
 DEMO_DAYS = 14
 DEMO_SEED = 42
+SERVER_START_TIMEOUT_S = 60
+ACTOR = "make-demo"
 
 
 @dataclass
@@ -45,6 +58,10 @@ class DemoRun:
     training_dir: Path | None = None
     training_record: dict[str, Any] = field(default_factory=dict)
     report_index: Path | None = None
+    registry: ModelRegistry | None = None
+    model_id: str | None = None
+    server: subprocess.Popen[bytes] | None = None
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,106 @@ def check_quality_gate(run: DemoRun) -> str:
     return f"passed (AUC ≥ {model.min_auc_score}, precision ≥ {model.min_precision}, recall ≥ {model.min_recall})"
 
 
+def register_model(run: DemoRun) -> str:
+    """Register the trained model (artifact + test sample, with sha256s) as a candidate in the demo registry."""
+    run.registry = ModelRegistry(run.out / "registry")
+    metadata = ModelMetadata.from_training_output(run.training_dir)
+    run.registry.register_model(
+        run.training_dir / "model.json",
+        metadata,
+        attachments={"test_sample.npz": run.training_dir / "test_sample.npz"},
+        actor=ACTOR,
+        reason="trained by make demo",
+    )
+    run.model_id = metadata.model_id
+    return f"{run.model_id} registered as candidate in {run.registry.root}/"
+
+
+def approve_and_promote(run: DemoRun) -> str:
+    """Approve the candidate (the manual sign-off before production) and promote it to champion."""
+    run.registry.approve_model(run.model_id, actor=ACTOR, reason="passed the quality gate in make demo")
+    run.registry.promote_to_champion(run.model_id, actor=ACTOR, reason="make demo")
+    state = run.registry.serving_state()
+    return f"champion {state.champion_id} (serving generation {state.generation})"
+
+
+def compile_champion(run: DemoRun) -> str:
+    """Compile the champion to a shared library, verified against XGBoost, and record it in the registry."""
+    result = compile_registered(run.registry, run.model_id, DEFAULT_OUT_DIR, progress=lambda line: None)
+    return (
+        f"{result.path} ({result.num_trees} trees, sha256 {result.sha256[:12]}…), "
+        f"verified on {result.verification.rows:,} rows, max |Δ| vs XGBoost {result.verification.max_abs_diff:.1e}"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(run: DemoRun) -> str:
+    """Start the inference server in its own process on 127.0.0.1 and wait until health says SERVING."""
+    run.port = _free_port()
+    env = {
+        **os.environ,
+        "ML_MODEL_REGISTRY_PATH": str(run.registry.root),
+        "ML_INFERENCE_HOST": "127.0.0.1",
+        "ML_INFERENCE_PORT": str(run.port),
+        "ML_METRICS_PORT": str(_free_port()),
+    }
+    log = (run.out / "server.log").open("wb")
+    run.server = subprocess.Popen(
+        [sys.executable, "-m", "ml_pipeline.inference_server"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    reason = "not started"
+    while time.monotonic() < deadline:
+        if run.server.poll() is not None:
+            raise JobFailed(f"the server exited with code {run.server.returncode}; see {run.out / 'server.log'}")
+        reason = health_check(run.port, timeout=1.0)
+        if reason is None:
+            return f"pid {run.server.pid} serving on 127.0.0.1:{run.port} (log: {run.out / 'server.log'})"
+        time.sleep(0.2)
+    stop_server(run)
+    raise JobFailed(f"the server did not become SERVING within {SERVER_START_TIMEOUT_S} s: {reason}")
+
+
+def predict_over_grpc(run: DemoRun) -> str:
+    """Send two real Predict calls (a fraud and a normal test row) and print the answers."""
+    sample = np.load(run.training_dir / "test_sample.npz")
+    rows = {"fraud": int(np.argmax(sample["proba"])), "normal": int(np.argmin(sample["proba"]))}
+    lines = []
+    with grpc.insecure_channel(f"127.0.0.1:{run.port}") as channel:
+        predict = channel.unary_unary(
+            "/FraudDetection/Predict",
+            request_serializer=pb.PredictionRequest.SerializeToString,
+            response_deserializer=pb.PredictionResponse.FromString,
+        )
+        for label, index in rows.items():
+            request = pb.PredictionRequest(features=sample["X"][index].tolist(), request_id=f"demo-{label}")
+            answer = predict(request, timeout=5)
+            lines.append(
+                f"{label} call → is_fraud={answer.is_fraud} probability={answer.probability:.4f} "
+                f"model_version={answer.model_version} latency_ms={answer.latency_ms:.3f} "
+                f"(labelled {'fraud' if sample['y'][index] else 'normal'})"
+            )
+    return "\n      ".join(lines)
+
+
+def stop_server(run: DemoRun) -> str:
+    """SIGTERM the server: it drains in-flight calls and exits 0."""
+    run.server.send_signal(signal.SIGTERM)
+    try:
+        code = run.server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        run.server.kill()
+        raise JobFailed("the server did not stop within 30 s of SIGTERM; killed it") from None
+    if code != 0:
+        raise JobFailed(f"the server exited with code {code} after SIGTERM; see {run.out / 'server.log'}")
+    return "stopped after SIGTERM, exit code 0"
+
+
 STEPS: list[Step] = [
     Step("Generate sample call data", generate_data),
     Step("Load training data", load_data),
@@ -131,17 +248,27 @@ STEPS: list[Step] = [
     Step("Save training output", save_training_output),
     Step("Write evaluation report", write_evaluation_report),
     Step("Quality gate", check_quality_gate),
+    Step("Register in the model registry", register_model),
+    Step("Approve and promote to champion", approve_and_promote),
+    Step("Compile to native code (make compile-model)", compile_champion),
+    Step("Serve over gRPC", start_server),
+    Step("Predict over gRPC", predict_over_grpc),
+    Step("Stop the server", stop_server),
 ]
 
 
 def run_steps(run: DemoRun, steps: list[Step]) -> None:
     """Run each step in order, printing its number, title, summary and time; stop at the first failure."""
     started = time.perf_counter()
-    for number, step in enumerate(steps, start=1):
-        click.echo(click.style(f"[{number}/{len(steps)}] {step.title}", bold=True))
-        t0 = time.perf_counter()
-        summary = step.run(run)
-        click.echo(f"      {summary}  ({time.perf_counter() - t0:.2f} s)")
+    try:
+        for number, step in enumerate(steps, start=1):
+            click.echo(click.style(f"[{number}/{len(steps)}] {step.title}", bold=True))
+            t0 = time.perf_counter()
+            summary = step.run(run)
+            click.echo(f"      {summary}  ({time.perf_counter() - t0:.2f} s)")
+    finally:
+        if run.server is not None and run.server.poll() is None:
+            run.server.kill()
     click.echo(click.style(f"Done in {time.perf_counter() - started:.1f} s; everything is in {run.out}/", fg="green"))
 
 
