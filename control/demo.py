@@ -50,6 +50,7 @@ class DemoRun:
 
     out: Path
     config: MLPipelineConfig
+    compiled_dir: Path = DEFAULT_OUT_DIR
     data_file: Path | None = None
     frame: pd.DataFrame | None = None
     trainer: ModelTrainer | None = None
@@ -165,7 +166,7 @@ def approve_and_promote(run: DemoRun) -> str:
 
 def compile_champion(run: DemoRun) -> str:
     """Compile the champion to a shared library, verified against XGBoost, and record it in the registry."""
-    result = compile_registered(run.registry, run.model_id, DEFAULT_OUT_DIR, progress=lambda line: None)
+    result = compile_registered(run.registry, run.model_id, run.compiled_dir, progress=lambda line: None)
     return (
         f"{result.path} ({result.num_trees} trees, sha256 {result.sha256[:12]}…), "
         f"verified on {result.verification.rows:,} rows, max |Δ| vs XGBoost {result.verification.max_abs_diff:.1e}"
@@ -272,12 +273,12 @@ def run_steps(run: DemoRun, steps: list[Step]) -> None:
     click.echo(click.style(f"Done in {time.perf_counter() - started:.1f} s; everything is in {run.out}/", fg="green"))
 
 
-def main(out: Path = DEMO_DIR) -> int:
-    """Run the demo into `out`; returns the exit code (0 ok, 1 a step failed, 2 bad configuration)."""
+def main(out: Path = DEMO_DIR, compiled_dir: Path = DEFAULT_OUT_DIR) -> int:
+    """Run the demo into `out` (the library into `compiled_dir`); the exit code: 0 ok, 1 a step failed, 2 bad config."""
     try:
         config = MLPipelineConfig.from_env()
         out.mkdir(parents=True, exist_ok=True)
-        run_steps(DemoRun(out=out, config=config), STEPS)
+        run_steps(DemoRun(out=out, config=config, compiled_dir=compiled_dir), STEPS)
     except PipelineError as exc:
         click.echo(click.style(f"error: {exc}", fg="red"), err=True)
         return exc.exit_code

@@ -16,7 +16,7 @@ from ml_pipeline.training.evaluator import ModelEvaluator
 
 def test_demo_runs_every_step_and_writes_its_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo_output"
-    assert main(out) == 0
+    assert main(out, compiled_dir=tmp_path / "compiled_models") == 0
     printed = capsys.readouterr().out
     for number, step in enumerate(STEPS, start=1):
         assert f"[{number}/{len(STEPS)}] {step.title}" in printed
@@ -27,6 +27,12 @@ def test_demo_runs_every_step_and_writes_its_outputs(tmp_path: Path, capsys: pyt
     assert printed.count("passed (AUC ≥ 0.85, precision ≥ 0.8, recall ≥ 0.75)") == 1
     assert (out / "model" / "model.json").is_file() and (out / "model" / "test_sample.npz").is_file()
     assert (out / "report" / "index.html").is_file() and (out / "alerts.parquet").is_file()
+    # The serving half: the champion was compiled, served, answered two real Predicts, and stopped cleanly.
+    model_id = record["model_id"]
+    assert (tmp_path / "compiled_models" / f"{model_id}.so").is_file()
+    assert "fraud call → is_fraud=True" in printed and f"model_version={model_id}" in printed
+    assert "normal call → is_fraud=False" in printed
+    assert "stopped after SIGTERM, exit code 0" in printed
 
 
 def test_quality_gate_step_stops_the_demo_below_the_minimums(tmp_path: Path) -> None:
