@@ -5,6 +5,8 @@
 scores it with the compiled model and encodes the PredictionResponse, all in C (native/vg_core.c); a refused
 request raises ServingError carrying the gRPC status code and the message for the client. Python only
 configures the core (`set_champion`, `set_challenger`, `set_split`) and reads `counters()` at scrape time.
+Monitoring (issue 7): `set_drift` gives the core drift bin edges, `drift_counts()` reads the bin counts;
+`enable_log` starts the prediction log ring buffer, which a background thread empties with `drain_log`.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -33,6 +35,13 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _check_edges(edges, str what) -> None:
+    if len(edges) > VG_DRIFT_MAX_EDGES:
+        raise ValueError(f"{what} has {len(edges)} drift edges; at most {VG_DRIFT_MAX_EDGES}")
+    if any(not (a < b) for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"the drift edges of {what} must be strictly ascending")
 
 
 cdef vg_model *_model_from(object capsule) except? NULL:
@@ -130,6 +139,96 @@ cdef class ServingCore:
     def handle_batch(self, bytes request) -> bytes:
         """PredictBatch: PredictionBatchRequest bytes in, PredictionBatchResponse bytes out; all rows or none."""
         return self._call(VG_CALL_BATCH, request)
+
+    def set_drift(self, feature_edges, score_edges) -> None:
+        """Count live drift bins: feature i with the ascending edges feature_edges[i], the champion's score with
+        score_edges (at most 16 edges each); None turns drift tracking off. Counts restart from zero."""
+        cdef int num_edges[VG_DRIFT_MAX_FEATURES]
+        cdef float edges[VG_DRIFT_MAX_FEATURES * VG_DRIFT_MAX_EDGES]
+        cdef float score[VG_DRIFT_MAX_EDGES]
+        cdef char err[ERR_LEN]
+        cdef int i, j, n = 0, n_score = 0
+        if feature_edges is not None:
+            n = len(feature_edges)
+            if n > VG_DRIFT_MAX_FEATURES:
+                raise ValueError(f"drift tracks at most {VG_DRIFT_MAX_FEATURES} features, got {n}")
+            for i, row in enumerate(feature_edges):
+                _check_edges(row, f"feature {i}")
+                num_edges[i] = len(row)
+                for j in range(num_edges[i]):
+                    edges[i * VG_DRIFT_MAX_EDGES + j] = row[j]
+            score_edges = score_edges or []
+            _check_edges(score_edges, "the score")
+            n_score = len(score_edges)
+            for j in range(n_score):
+                score[j] = score_edges[j]
+        if vg_core_set_drift(self._core, n, num_edges, edges, n_score, score, err, ERR_LEN) != VG_OK:
+            raise ValueError(err.decode("utf-8", "replace"))
+
+    def drift_counts(self):
+        """Cumulative drift bin counts since the edges were set, or None when tracking is off:
+        {"generation", "rows", "features": [[count per bin] per feature], "score": [count per bin]}."""
+        cdef vg_drift_counts *c = <vg_drift_counts *>malloc(sizeof(vg_drift_counts))
+        cdef int i, b
+        if c is NULL:
+            raise MemoryError("cannot allocate the drift counts")
+        try:
+            vg_core_read_drift(self._core, c)
+            if c.num_features == 0:
+                return None
+            return {
+                "generation": c.generation,
+                "rows": c.rows,
+                "features": [[c.features[i][b] for b in range(c.feature_bins[i])] for i in range(c.num_features)],
+                "score": [c.score[b] for b in range(c.score_bins)],
+            }
+        finally:
+            free(c)
+
+    def enable_log(self, size_t capacity=65536) -> None:
+        """Start writing one record per scored row into a ring of `capacity` records (drained by drain_log)."""
+        cdef char err[ERR_LEN]
+        if vg_core_enable_log(self._core, capacity, err, ERR_LEN) != VG_OK:
+            raise ValueError(err.decode("utf-8", "replace"))
+
+    def drain_log(self, size_t max_records=4096) -> list:
+        """Up to `max_records` logged predictions, oldest first, as tuples
+        (unix time s, request_id (first 64 bytes), model_version, slot "champion"/"challenger", score, decision)."""
+        cdef vg_log_record *records = <vg_log_record *>malloc(max_records * sizeof(vg_log_record) + 1)
+        cdef size_t n, i
+        cdef vg_core_stats *stats
+        if records is NULL:
+            raise MemoryError("cannot allocate the log records")
+        try:
+            with nogil:
+                n = vg_core_drain_log(self._core, records, max_records)
+            if n == 0:
+                return []
+            stats = <vg_core_stats *>malloc(sizeof(vg_core_stats))
+            if stats is NULL:
+                raise MemoryError("cannot allocate the counters")
+            try:
+                vg_core_read_stats(self._core, stats)
+                ids = [stats.models[i].model_id.decode("utf-8", "replace") for i in range(stats.num_models)]
+            finally:
+                free(stats)
+            return [
+                (
+                    records[i].time_ns / 1e9,
+                    records[i].request_id[:records[i].request_id_len].decode("utf-8", "replace"),
+                    ids[records[i].model_index] if records[i].model_index < len(ids) else "",
+                    "challenger" if records[i].slot == VG_CHALLENGER else "champion",
+                    records[i].score,
+                    records[i].decision != 0,
+                )
+                for i in range(n)
+            ]
+        finally:
+            free(records)
+
+    def log_dropped(self) -> int:
+        """Log records dropped because the ring was full (the drainer fell behind)."""
+        return vg_core_log_dropped(self._core)
 
     def counters(self) -> dict:
         """Counters since start: requests per slot, errors by gRPC code, and per model id the requests,

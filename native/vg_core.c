@@ -1,6 +1,7 @@
 /* The serving core (see vg_core.h). */
 #include "vg_core.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,11 +23,44 @@ typedef struct slot_config {
     vg_model_counters *counters;
 } slot_config;
 
+/* Drift edges and their counters: replaced as a whole (new generation), shared by the snapshots that use it.
+ * Edges are padded to EDGE_SLOTS with +Inf, so the search takes the same four steps for every feature; a
+ * count row holds EDGE_SLOTS value bins, then the missing bin at MISSING_BIN. */
+#define EDGE_SLOTS (VG_DRIFT_MAX_EDGES + 1)
+#define MISSING_BIN EDGE_SLOTS
+
+typedef struct drift {
+    int refcount;
+    uint64_t generation;
+    int num_features, num_score_edges;
+    int num_edges[VG_DRIFT_MAX_FEATURES];
+    float edges[VG_DRIFT_MAX_FEATURES][EDGE_SLOTS];
+    float score_edges[EDGE_SLOTS];
+    uint64_t rows;
+    uint64_t counts[VG_DRIFT_MAX_FEATURES][EDGE_SLOTS + 1];
+    uint64_t score[EDGE_SLOTS + 1];
+} drift;
+
 typedef struct config {
     int refcount;
     uint64_t cut;
     slot_config slot[2];
+    drift *drift; /* NULL: drift tracking off */
 } config;
+
+/* Bounded multi-producer ring of log records (D. Vyukov's sequence-numbered cells). */
+typedef struct log_cell {
+    uint64_t seq;
+    vg_log_record record;
+} log_cell;
+
+typedef struct log_ring {
+    uint64_t mask;
+    uint64_t head; /* next cell to write, claimed by producers with a CAS */
+    char pad[64];
+    uint64_t tail; /* next cell to read; the consumer holds log_lock */
+    log_cell cells[];
+} log_ring;
 
 struct vg_core {
     pthread_mutex_t lock; /* guards `cfg` load + retain, and writers; never held across scoring */
@@ -39,6 +73,10 @@ struct vg_core {
     uint64_t blocks_created;                 /* sequence giving each block's age, guarded by lock */
     uint64_t created[VG_MAX_MODELS];
     vg_model_counters models[VG_MAX_MODELS]; /* values updated with relaxed atomics */
+    uint64_t drift_generations;              /* guarded by lock */
+    log_ring *log;                           /* NULL until vg_core_enable_log; freed with the core */
+    uint64_t log_dropped;
+    pthread_mutex_t log_lock;                /* one consumer at a time */
 };
 
 static int fail(int status, char *err, size_t errcap, const char *fmt, ...) {
@@ -71,11 +109,18 @@ static config *acquire(vg_core *core) {
     return cfg;
 }
 
+static void drift_release(drift *d) {
+    if (d != NULL && __atomic_sub_fetch(&d->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
+        free(d);
+    }
+}
+
 static void release(config *cfg) {
     if (__atomic_sub_fetch(&cfg->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
         for (int s = 0; s < 2; ++s) {
             vg_model_release(cfg->slot[s].model);
         }
+        drift_release(cfg->drift);
         free(cfg);
     }
 }
@@ -92,6 +137,9 @@ static config *copy_locked(vg_core *core) {
         if (next->slot[s].model != NULL) {
             vg_model_retain(next->slot[s].model);
         }
+    }
+    if (next->drift != NULL) {
+        __atomic_add_fetch(&next->drift->refcount, 1, __ATOMIC_RELAXED);
     }
     return next;
 }
@@ -145,6 +193,7 @@ vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t ma
         return NULL;
     }
     pthread_mutex_init(&core->lock, NULL);
+    pthread_mutex_init(&core->log_lock, NULL);
     cfg->refcount = 1;
     core->cfg = cfg;
     core->max_request_bytes = max_request_bytes;
@@ -160,6 +209,8 @@ void vg_core_free(vg_core *core) {
     if (core != NULL) {
         release(core->cfg);
         pthread_mutex_destroy(&core->lock);
+        pthread_mutex_destroy(&core->log_lock);
+        free(core->log);
         free(core);
     }
 }
@@ -268,6 +319,73 @@ static inline int check_row(const slot_config *slot, const vg_request *req, char
     return VG_OK;
 }
 
+/* Number of edges <= x (np.searchsorted(edges, x, "right")) over EDGE_SLOTS edges padded with +Inf: four
+ * branch-free steps of 8, 4, 2, 1. NaN goes to MISSING_BIN (±Inf never arrives: the decoder refuses it). */
+static inline int drift_bin(const float *edges, float x) {
+    if (__builtin_expect(x != x, 0)) {
+        return MISSING_BIN;
+    }
+    int i = 0;
+    i += (edges[i + 7] <= x) << 3;
+    i += (edges[i + 3] <= x) << 2;
+    i += (edges[i + 1] <= x) << 1;
+    i += edges[i] <= x;
+    return i;
+}
+
+/* +1 without a locked read-modify-write (see vg_core.h: a rare lost count is harmless for proportions). */
+static inline void bump(uint64_t *counter) {
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+}
+
+static inline void count_drift(drift *d, const vg_request *req, float p, int champion) {
+    int n = d->num_features < req->num_features ? d->num_features : (int)req->num_features;
+    for (int i = 0; i < n; ++i) {
+        bump(&d->counts[i][drift_bin(d->edges[i], req->features[i])]);
+    }
+    if (champion) {
+        bump(&d->score[drift_bin(d->score_edges, p)]);
+    }
+    bump(&d->rows);
+}
+
+static inline void log_push(vg_core *core, log_ring *ring, const vg_log_record *record) {
+    uint64_t pos = __atomic_load_n(&ring->head, __ATOMIC_RELAXED);
+    for (;;) {
+        log_cell *cell = &ring->cells[pos & ring->mask];
+        uint64_t seq = __atomic_load_n(&cell->seq, __ATOMIC_ACQUIRE);
+        int64_t lag = (int64_t)(seq - pos);
+        if (lag == 0) {
+            if (__atomic_compare_exchange_n(&ring->head, &pos, pos + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+                cell->record = *record;
+                __atomic_store_n(&cell->seq, pos + 1, __ATOMIC_RELEASE);
+                return;
+            }
+        } else if (lag < 0) { /* full: the consumer has not freed this cell yet */
+            add(&core->log_dropped, 1);
+            return;
+        } else {
+            pos = __atomic_load_n(&ring->head, __ATOMIC_RELAXED);
+        }
+    }
+}
+
+static inline void log_row(vg_core *core, log_ring *ring, const slot_config *slot, int s, const vg_request *req,
+                           float p, int fraud) {
+    vg_log_record record;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    record.time_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    record.score = p;
+    record.decision = (uint8_t)fraud;
+    record.slot = (uint8_t)s;
+    record.model_index = (uint8_t)(slot->counters - core->models);
+    size_t len = req->request_id_len < VG_LOG_ID_MAX ? req->request_id_len : VG_LOG_ID_MAX;
+    record.request_id_len = (uint8_t)len;
+    memcpy(record.request_id, req->request_id, len);
+    log_push(core, ring, &record);
+}
+
 static inline void observe(vg_core *core, const config *cfg, const slot_config *slot, int fraud, uint64_t ns) {
     vg_model_counters *c = slot->counters;
     int b = 0;
@@ -294,6 +412,14 @@ static inline void score(vg_core *core, const config *cfg, const slot_config *sl
     resp->model_version_len = slot->id_len;
     resp->latency_ms = (float)((double)(now - t_call) / 1e6);
     observe(core, cfg, slot, resp->is_fraud, now - t_row);
+    int champion = slot == &cfg->slot[VG_CHAMPION];
+    if (cfg->drift != NULL) {
+        count_drift(cfg->drift, req, p, champion);
+    }
+    log_ring *ring = __atomic_load_n(&core->log, __ATOMIC_ACQUIRE);
+    if (ring != NULL) {
+        log_row(core, ring, slot, champion ? VG_CHAMPION : VG_CHALLENGER, req, p, resp->is_fraud);
+    }
 }
 
 static size_t count_rows(const uint8_t *req, size_t len) {
@@ -455,3 +581,134 @@ void vg_core_read_stats(vg_core *core, vg_core_stats *stats) {
     }
     pthread_mutex_unlock(&core->lock);
 }
+
+/* ---- drift bins ---- */
+
+int vg_core_set_drift(vg_core *core, int num_features, const int *num_edges, const float *edges, int num_score_edges,
+                      const float *score_edges, char *err, size_t errcap) {
+    if (num_features < 0 || num_features > VG_DRIFT_MAX_FEATURES) {
+        return fail(VG_INVALID_ARGUMENT, err, errcap, "drift tracks 0 to %d features, not %d", VG_DRIFT_MAX_FEATURES,
+                    num_features);
+    }
+    drift *d = NULL;
+    if (num_features > 0) {
+        if (num_score_edges < 0 || num_score_edges > VG_DRIFT_MAX_EDGES) {
+            return fail(VG_INVALID_ARGUMENT, err, errcap, "the score has %d edges; at most %d", num_score_edges,
+                        VG_DRIFT_MAX_EDGES);
+        }
+        for (int i = 0; i < num_features; ++i) {
+            if (num_edges[i] < 0 || num_edges[i] > VG_DRIFT_MAX_EDGES) {
+                return fail(VG_INVALID_ARGUMENT, err, errcap, "feature %d has %d edges; at most %d", i, num_edges[i],
+                            VG_DRIFT_MAX_EDGES);
+            }
+        }
+        if ((d = calloc(1, sizeof *d)) == NULL) {
+            return fail(VG_INTERNAL, err, errcap, "out of memory");
+        }
+        d->refcount = 1;
+        d->num_features = num_features;
+        d->num_score_edges = num_score_edges;
+        for (int i = 0; i < num_features; ++i) {
+            d->num_edges[i] = num_edges[i];
+            for (int j = 0; j < EDGE_SLOTS; ++j) {
+                d->edges[i][j] = j < num_edges[i] ? edges[(size_t)i * VG_DRIFT_MAX_EDGES + j] : INFINITY;
+            }
+        }
+        for (int j = 0; j < EDGE_SLOTS; ++j) {
+            d->score_edges[j] = j < num_score_edges ? score_edges[j] : INFINITY;
+        }
+    }
+    pthread_mutex_lock(&core->lock);
+    config *next = copy_locked(core);
+    if (next == NULL) {
+        pthread_mutex_unlock(&core->lock);
+        drift_release(d);
+        return fail(VG_INTERNAL, err, errcap, "out of memory");
+    }
+    drift_release(next->drift);
+    next->drift = d;
+    ++core->drift_generations;
+    if (d != NULL) {
+        d->generation = core->drift_generations;
+    }
+    config *previous = publish_locked(core, next);
+    pthread_mutex_unlock(&core->lock);
+    release(previous);
+    return VG_OK;
+}
+
+void vg_core_read_drift(vg_core *core, vg_drift_counts *counts) {
+    memset(counts, 0, sizeof *counts);
+    config *cfg = acquire(core);
+    const drift *d = cfg->drift;
+    if (d != NULL) {
+        counts->generation = d->generation;
+        counts->num_features = d->num_features;
+        counts->score_bins = d->num_score_edges + 2;
+        counts->rows = load(&d->rows);
+        for (int i = 0; i < d->num_features; ++i) {
+            int values = d->num_edges[i] + 1;
+            counts->feature_bins[i] = values + 1;
+            for (int b = 0; b < values; ++b) {
+                counts->features[i][b] = load(&d->counts[i][b]);
+            }
+            counts->features[i][values] = load(&d->counts[i][MISSING_BIN]);
+        }
+        for (int b = 0; b < d->num_score_edges + 1; ++b) {
+            counts->score[b] = load(&d->score[b]);
+        }
+        counts->score[d->num_score_edges + 1] = load(&d->score[MISSING_BIN]);
+    }
+    release(cfg);
+}
+
+/* ---- prediction log ring ---- */
+
+int vg_core_enable_log(vg_core *core, size_t capacity, char *err, size_t errcap) {
+    if (capacity < 2 || capacity > ((size_t)1 << 24)) {
+        return fail(VG_INVALID_ARGUMENT, err, errcap, "log capacity must be in [2, 2**24], not %zu", capacity);
+    }
+    size_t cells = 2;
+    while (cells < capacity) {
+        cells <<= 1;
+    }
+    pthread_mutex_lock(&core->log_lock);
+    if (core->log == NULL) {
+        log_ring *ring = calloc(1, sizeof(log_ring) + cells * sizeof(log_cell));
+        if (ring == NULL) {
+            pthread_mutex_unlock(&core->log_lock);
+            return fail(VG_INTERNAL, err, errcap, "out of memory");
+        }
+        ring->mask = cells - 1;
+        for (size_t i = 0; i < cells; ++i) {
+            ring->cells[i].seq = i;
+        }
+        __atomic_store_n(&core->log, ring, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&core->log_lock);
+    return VG_OK;
+}
+
+size_t vg_core_drain_log(vg_core *core, vg_log_record *out, size_t max) {
+    size_t n = 0;
+    pthread_mutex_lock(&core->log_lock);
+    log_ring *ring = core->log;
+    if (ring != NULL) {
+        uint64_t pos = ring->tail;
+        while (n < max) {
+            log_cell *cell = &ring->cells[pos & ring->mask];
+            uint64_t seq = __atomic_load_n(&cell->seq, __ATOMIC_ACQUIRE);
+            if ((int64_t)(seq - (pos + 1)) < 0) {
+                break; /* empty, or the next record is still being written */
+            }
+            out[n++] = cell->record;
+            __atomic_store_n(&cell->seq, pos + ring->mask + 1, __ATOMIC_RELEASE);
+            ++pos;
+        }
+        ring->tail = pos;
+    }
+    pthread_mutex_unlock(&core->log_lock);
+    return n;
+}
+
+uint64_t vg_core_log_dropped(vg_core *core) { return load(&core->log_dropped); }

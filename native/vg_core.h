@@ -72,6 +72,54 @@ int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint
 /* A consistent-enough copy of the counters (each value is read atomically). */
 void vg_core_read_stats(vg_core *core, vg_core_stats *stats);
 
+/* ---- live drift bins (issue 7) ----
+ * With drift tracking on, every scored row adds one to a bin of each tracked feature (bin = number of edges
+ * <= the value, found by a branchless binary search; the last bin counts NaN = missing) and, for the champion's
+ * answers, to a bin of the score. Each count is a relaxed atomic load and store, not a locked read-modify-write:
+ * two threads counting the same bin at the same instant may lose one count, which a proportion (PSI) does not
+ * notice, and it keeps the cost to a few nanoseconds. Python reads the cumulative counts (a window of them). */
+#define VG_DRIFT_MAX_EDGES 15
+#define VG_DRIFT_MAX_BINS (VG_DRIFT_MAX_EDGES + 2) /* edges + 1 value bins, then the missing bin */
+#define VG_DRIFT_MAX_FEATURES 64
+
+typedef struct vg_drift_counts {
+    uint64_t generation; /* changes whenever the edges are replaced; counts then restart from zero */
+    uint64_t rows;       /* rows counted since */
+    int num_features;    /* 0: drift tracking is off */
+    int feature_bins[VG_DRIFT_MAX_FEATURES];
+    int score_bins;
+    uint64_t features[VG_DRIFT_MAX_FEATURES][VG_DRIFT_MAX_BINS]; /* feature_bins[i] used, missing last */
+    uint64_t score[VG_DRIFT_MAX_BINS];                          /* score_bins used; the champion's answers */
+} vg_drift_counts;
+
+/* Track the first num_features features with the ascending edges edges[i * VG_DRIFT_MAX_EDGES + 0 ..
+ * num_edges[i]) and the score with score_edges[0 .. num_score_edges); num_features 0 turns tracking off. */
+int vg_core_set_drift(vg_core *core, int num_features, const int *num_edges, const float *edges, int num_score_edges,
+                      const float *score_edges, char *err, size_t errcap);
+void vg_core_read_drift(vg_core *core, vg_drift_counts *counts);
+
+/* ---- prediction log ring buffer (issue 7) ----
+ * Off until enabled; then every scored row writes one fixed-size record into a bounded lock-free ring
+ * (multi-producer, one consumer). When the ring is full the record is dropped and counted; never blocks. */
+#define VG_LOG_ID_MAX 64 /* request ids are truncated to this many bytes */
+
+typedef struct vg_log_record {
+    int64_t time_ns; /* CLOCK_REALTIME */
+    float score;
+    uint8_t decision;
+    uint8_t slot;          /* VG_CHAMPION or VG_CHALLENGER */
+    uint8_t model_index;   /* index of the model's counter block (vg_core_stats.models) */
+    uint8_t request_id_len;
+    char request_id[VG_LOG_ID_MAX];
+} vg_log_record;
+
+/* Allocate the ring (capacity rounded up to a power of two) and start logging; later calls change nothing. */
+int vg_core_enable_log(vg_core *core, size_t capacity, char *err, size_t errcap);
+/* Move up to `max` records into `out` (one consumer at a time); returns how many. */
+size_t vg_core_drain_log(vg_core *core, vg_log_record *out, size_t max);
+/* Records dropped because the ring was full. */
+uint64_t vg_core_log_dropped(vg_core *core);
+
 #ifdef __cplusplus
 }
 #endif

@@ -54,3 +54,34 @@ cdef extern from "vg_core.h" nogil:
     int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,
                        size_t *out_len, char *err, size_t errcap)
     void vg_core_read_stats(vg_core *core, vg_core_stats *stats)
+
+    enum:
+        VG_DRIFT_MAX_EDGES
+        VG_DRIFT_MAX_BINS
+        VG_DRIFT_MAX_FEATURES
+        VG_LOG_ID_MAX
+
+    ctypedef struct vg_drift_counts:
+        uint64_t generation
+        uint64_t rows
+        int num_features
+        int feature_bins[64]
+        int score_bins
+        uint64_t features[64][17]
+        uint64_t score[17]
+
+    ctypedef struct vg_log_record:
+        int64_t time_ns
+        float score
+        uint8_t decision
+        uint8_t slot
+        uint8_t model_index
+        uint8_t request_id_len
+        char request_id[64]
+
+    int vg_core_set_drift(vg_core *core, int num_features, const int *num_edges, const float *edges,
+                          int num_score_edges, const float *score_edges, char *err, size_t errcap)
+    void vg_core_read_drift(vg_core *core, vg_drift_counts *counts)
+    int vg_core_enable_log(vg_core *core, size_t capacity, char *err, size_t errcap)
+    size_t vg_core_drain_log(vg_core *core, vg_log_record *out, size_t max)
+    uint64_t vg_core_log_dropped(vg_core *core)
