@@ -24,6 +24,7 @@ from ml_pipeline.inference_server.handlers import SERVICE_NAME, fraud_detection_
 from ml_pipeline.inference_server.metrics import CoreCollector, metrics_registry
 from ml_pipeline.inference_server.transport import AUTO, resolve_transport, start_native_transport
 from ml_pipeline.model_registry import ModelRegistry
+from ml_pipeline.monitoring.serving import MonitoringSettings, ServerMonitoring
 from ml_pipeline.native.serving_core import ServingCore
 from ml_pipeline.proto_gen import fraud_detection_pb2
 
@@ -42,7 +43,8 @@ class InferenceServer:
     `batch_size` and `batch_timeout_ms` are accepted for compatibility with the original design but no request
     is held back to coalesce batches: with compiled trees scoring costs ~2 µs, so waiting would only add
     latency (see bench/). Callers with many rows use PredictBatch or PredictStream. `metrics_port=None`
-    disables metrics; port 0 (gRPC or metrics) binds an ephemeral port, readable after start.
+    disables metrics; port 0 (gRPC or metrics) binds an ephemeral port, readable after start. `monitoring`
+    (default: MonitoringSettings.from_env()) sets the drift publishing and the optional prediction log.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class InferenceServer:
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_batch_rows: int = 10_000,
         transport: str = AUTO,
+        monitoring: MonitoringSettings | None = None,
     ) -> None:
         self.registry = ModelRegistry(registry_path)
         self.host = host
@@ -77,6 +80,9 @@ class InferenceServer:
         self.transport = resolve_transport(transport)
         self.core = ServingCore(max_request_bytes, max_batch_bytes, max_batch_rows)
         self.convergence = RegistryConvergence(self.registry, self.core, enable_ab_testing)
+        self.monitoring = ServerMonitoring(
+            self.core, self.registry, self._champion_id, monitoring or MonitoringSettings.from_env()
+        )
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="inference")
         self._health = health.aio.HealthServicer()
         self._server: aio.Server | None = None
@@ -124,8 +130,11 @@ class InferenceServer:
             except RuntimeError as exc:
                 raise JobFailed(f"cannot listen on {address} ({exc}): port in use? choose another --port") from None
             await self._server.start()
+        self.monitoring.start()
         if self.metrics_port is not None:
             registry = metrics_registry(CoreCollector(self.core, lambda: dict(self.convergence.events)))
+            for collector in self.monitoring.collectors():
+                registry.register(collector)
             try:
                 self._metrics_httpd, _ = start_http_server(self.metrics_port, addr=self.host, registry=registry)
             except OSError as exc:
@@ -175,12 +184,17 @@ class InferenceServer:
             await self._server.stop(grace)
         if self._native is not None:
             await asyncio.to_thread(self._native.shutdown, grace)
+        await asyncio.to_thread(self.monitoring.stop)  # after the drain: the last predictions are logged too
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
         log.info("stopped")
+
+    def _champion_id(self) -> str | None:
+        champion = self.convergence.champion
+        return champion.model_id if champion is not None else None
 
     def _spawn(self, make_coroutine: Callable[[], Awaitable[None]]) -> None:
         task = asyncio.ensure_future(make_coroutine())
