@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xgboost as xgb
 from scipy import stats
+from serving_models import build_model
 
 from ml_pipeline.cli import main
 from ml_pipeline.data.features import FEATURE_NAMES
@@ -17,6 +19,7 @@ from ml_pipeline.data.generator import generate_alerts
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 from ml_pipeline.monitoring.drift import (
     MAX_EDGES,
+    PSI_ACT,
     PSI_EPSILON,
     BinnedReference,
     DriftReference,
@@ -27,6 +30,10 @@ from ml_pipeline.monitoring.drift import (
     quantile_edges,
     wasserstein,
 )
+from ml_pipeline.monitoring.live_drift import DriftSnapshot, DriftWindow
+from ml_pipeline.native.compiled_model import CompiledModel
+from ml_pipeline.native.serving_core import ServingCore
+from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 from ml_pipeline.training.evaluator import ModelEvaluator
 from ml_pipeline.training.trainer import ModelTrainer, write_training_output
 
@@ -199,3 +206,80 @@ def test_drift_report_usage_errors(
     assert "unknown model" in capsys.readouterr().err
     assert _run("drift-report", "--model", model_id, *base, "--window", "soon") == 2
     assert "--window" in capsys.readouterr().err
+
+
+# ---- live drift: the native core's bins and the sliding window ----
+
+
+@pytest.fixture(scope="module")
+def core_with_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingCore]:
+    """A ServingCore serving a real compiled model as the champion."""
+    model = build_model(tmp_path_factory.mktemp("core"), "live", seed=1)
+    compiled = CompiledModel(str(model.so_path), model.sha256, "live")
+    core = ServingCore()
+    core.set_champion(compiled.capsule(), "live", 0.5)
+    yield core
+
+
+def _predict(core: ServingCore, rows: np.ndarray) -> np.ndarray:
+    scores = [
+        pb.PredictionResponse.FromString(
+            core.handle(pb.PredictionRequest(features=row.tolist(), request_id=f"r{i}").SerializeToString())
+        ).probability
+        for i, row in enumerate(rows)
+    ]
+    return np.asarray(scores, dtype=np.float32)
+
+
+def test_core_bins_agree_with_python_binning(core_with_model: ServingCore) -> None:
+    core = core_with_model
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(2000, 8)).astype(np.float32)
+    X[::7, 2] = np.nan
+    X[:50, 0], X[50:100, 1] = 0.0, 1.0  # values exactly on an edge go to the bin above
+    edges = [quantile_edges(X[:, i], n) for i, n in enumerate([2, 5, 10, 16, 16, 3, 1, 8])]
+    edges[0], edges[1] = [0.0], [-1.0, 0.0, 1.0]
+    score_edges = quantile_edges(rng.random(500), 16)
+    core.set_drift(edges, score_edges)
+    first = core.drift_counts()
+    assert first["rows"] == 0 and all(sum(f) == 0 for f in first["features"])
+    scores = _predict(core, X)
+    counts = core.drift_counts()
+    assert counts["rows"] == len(X) and counts["generation"] == first["generation"]
+    for i in range(8):
+        assert counts["features"][i] == bin_counts(X[:, i], edges[i]).tolist(), i
+    assert counts["score"] == bin_counts(scores, score_edges).tolist()
+    core.set_drift(edges, score_edges)
+    assert core.drift_counts()["generation"] > counts["generation"] and core.drift_counts()["rows"] == 0
+    core.set_drift(None, None)
+    assert core.drift_counts() is None
+    _predict(core, X[:5])  # tracking off: still serves
+
+
+def test_core_refuses_bad_edges(core_with_model: ServingCore) -> None:
+    with pytest.raises(ValueError, match="ascending"):
+        core_with_model.set_drift([[1.0, 0.5]], [])
+    with pytest.raises(ValueError, match="at most 15"):
+        core_with_model.set_drift([list(range(16))], [])
+
+
+def _snapshot(generation: int, rows: int, features: list[list[int]], score: list[int]) -> DriftSnapshot:
+    return DriftSnapshot(generation, rows, np.array(features), np.array(score))
+
+
+def test_window_diffs_the_oldest_and_newest_snapshot() -> None:
+    reference = DriftReference(
+        {"a": BinnedReference([0.0], [0.5, 0.5, 0.0], 100)}, BinnedReference([0.5], [0.5, 0.5, 0.0], 100)
+    )
+    window = DriftWindow(reference, ["a"], size=2, min_rows=100)
+    window.add(_snapshot(1, 60, [[30, 30, 0]], [30, 30, 0]))
+    assert window.values().features == {} and window.values().rows == 60  # too few rows
+    window.add(_snapshot(1, 260, [[130, 130, 0]], [130, 130, 0]))
+    assert window.values().features["a"] == pytest.approx(0.0) and window.values().rows == 260
+    window.add(_snapshot(1, 460, [[330, 130, 0]], [230, 230, 0]))  # the last 200 rows all fell in bin 0
+    window.add(_snapshot(1, 660, [[530, 130, 0]], [330, 330, 0]))  # window: 660 - 260 = 400 rows, all in bin 0
+    values = window.values()
+    assert values.rows == 400 and values.features["a"] == pytest.approx(psi([0.5, 0.5, 0.0], [400, 0, 0]))
+    assert values.features["a"] > PSI_ACT and values.score == pytest.approx(0.0)
+    window.add(_snapshot(2, 10, [[5, 5, 0]], [5, 5, 0]))  # new edges: the window starts again
+    assert window.values().rows == 10 and window.values().features == {}
