@@ -19,7 +19,7 @@ from serving_models import BuiltModel, build_model, register_compiled
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
 from ml_pipeline.cli import main
-from ml_pipeline.errors import UsageError
+from ml_pipeline.errors import JobFailed, UsageError
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.monitoring.ab_report import load_predictions
 from ml_pipeline.monitoring.prediction_log import (
@@ -289,3 +289,12 @@ def test_an_unreachable_log_database_never_fails_predict(models: tuple[BuiltMode
             return float(found.group(1)) if found else 0.0
 
         wait_until(lambda: dropped() == 200)
+
+
+def test_a_log_file_that_cannot_be_opened_is_one_clear_error(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "registry")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    settings = MonitoringSettings(f"file:{blocker}/log.jsonl")
+    with pytest.raises(JobFailed, match="ML_PREDICTION_LOG"), running_server(registry.root, monitoring=settings):
+        pass

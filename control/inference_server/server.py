@@ -130,7 +130,11 @@ class InferenceServer:
             except RuntimeError as exc:
                 raise JobFailed(f"cannot listen on {address} ({exc}): port in use? choose another --port") from None
             await self._server.start()
-        self.monitoring.start()
+        try:
+            self.monitoring.start()
+        except PipelineError:
+            await self.stop(0)
+            raise
         if self.metrics_port is not None:
             registry = metrics_registry(CoreCollector(self.core, lambda: dict(self.convergence.events)))
             for collector in self.monitoring.collectors():

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from ml_pipeline.config import ENV_VARS, MLPipelineConfig
 from ml_pipeline.data.sources import is_dsn
+from ml_pipeline.errors import JobFailed
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.monitoring.live_drift import DriftCollector, DriftMonitor
 from ml_pipeline.monitoring.prediction_log import CoreLogPump, PredictionLog, open_sink
@@ -65,9 +66,12 @@ class ServerMonitoring:
         self._pump: CoreLogPump | None = None
 
     def start(self) -> None:
-        """Start drift tracking and, when configured, the prediction log (UsageError for a bad target)."""
+        """Start drift tracking and, when configured, the prediction log (JobFailed when it cannot be opened)."""
         if self.settings.prediction_log:
-            sink = open_sink(self.settings.prediction_log, self.settings.log_password)
+            try:
+                sink = open_sink(self.settings.prediction_log, self.settings.log_password)
+            except OSError as exc:
+                raise JobFailed(f"cannot open the prediction log ({exc}): fix ML_PREDICTION_LOG") from None
             self.core.enable_log(LOG_RING_CAPACITY)
             self.prediction_log = PredictionLog(sink).start()
             self._pump = CoreLogPump(self.core.drain_log, self.prediction_log).start()
