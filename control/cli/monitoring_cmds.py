@@ -43,7 +43,7 @@ def window_days(text: str) -> float:
 @click.option("--model", "model_id", required=True, help="Registered model id whose reference is compared.")
 @data_option
 @lookback_option
-@click.option("--window", help="Only alerts labelled in this last span, e.g. 36h, 7d, 2w (overrides --lookback-days).")
+@click.option("--window", help="Only the span ending at the newest alert: 36h, 7d, 2w (instead of --lookback-days).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report directory.")
 @click.option("--fail-on-drift", is_flag=True, help=f"Exit 1 when a feature's or the score's PSI is >= {PSI_ACT}.")
 @registry_option
