@@ -239,57 +239,44 @@ cdef class CompiledModel:
             raise ValueError(f"score_batch expects {expected}; got shape {rows.shape}")
         return rows, rows.shape[0]
 
+    cdef tuple _run_batch(self, rows, int nthreads):
+        """Score `rows` into a new float32 array: (probabilities, seconds the C loop alone took)."""
+        cdef cnp.ndarray arr
+        cdef size_t n
+        cdef timespec start, stop
+        cdef int rc
+        cdef vg_model *model
+        cdef cnp.ndarray result
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be at least 1; got {nthreads}")
+        arr, n = self._batch_pointer(rows)
+        result = np.empty(n, dtype=np.float32)
+        model = self._require_open()
+        vg_model_retain(model)
+        with nogil:
+            clock_gettime(CLOCK_MONOTONIC, &start)
+            rc = vg_model_score_batch(model, <const float *>cnp.PyArray_DATA(arr), n,
+                                      <float *>cnp.PyArray_DATA(result), nthreads)
+            clock_gettime(CLOCK_MONOTONIC, &stop)
+        vg_model_release(model)
+        if rc != 0:
+            raise MemoryError("no memory for per-thread scratch rows")
+        return result, (stop.tv_sec - start.tv_sec) + (stop.tv_nsec - start.tv_nsec) * 1e-9
+
     def score_batch(self, rows, int nthreads=1) -> np.ndarray:
         """Probabilities (float32 array) for a 2-D float32 C-contiguous array, rows split over `nthreads` threads.
 
         The GIL is released while scoring, and the model is kept alive for the whole call even if another
         thread closes this object meanwhile.
         """
-        cdef cnp.ndarray arr
-        cdef cnp.ndarray out
-        cdef size_t n
-        cdef int rc
-        cdef vg_model *model
-        if nthreads < 1:
-            raise ValueError(f"nthreads must be at least 1; got {nthreads}")
-        arr, n = self._batch_pointer(rows)
-        out = np.empty(n, dtype=np.float32)
-        model = self._require_open()
-        vg_model_retain(model)
-        with nogil:
-            rc = vg_model_score_batch(model, <const float *>cnp.PyArray_DATA(arr), n,
-                                      <float *>cnp.PyArray_DATA(out), nthreads)
-        vg_model_release(model)
-        if rc != 0:
-            raise MemoryError("no memory for per-thread scratch rows")
-        return out
+        return self._run_batch(rows, nthreads)[0]
 
     def c_loop_seconds(self, rows, int nthreads=1) -> float:
         """Seconds the C scoring loop alone takes over `rows` (timed in C, output preallocated, GIL released).
 
         The baseline the benchmarks compare `score` and `score_batch` against; validates `rows` as score_batch.
         """
-        cdef cnp.ndarray arr
-        cdef cnp.ndarray out
-        cdef size_t n
-        cdef timespec start, stop
-        cdef int rc
-        cdef vg_model *model
-        if nthreads < 1:
-            raise ValueError(f"nthreads must be at least 1; got {nthreads}")
-        arr, n = self._batch_pointer(rows)
-        out = np.empty(n, dtype=np.float32)
-        model = self._require_open()
-        vg_model_retain(model)
-        with nogil:
-            clock_gettime(CLOCK_MONOTONIC, &start)
-            rc = vg_model_score_batch(model, <const float *>cnp.PyArray_DATA(arr), n,
-                                      <float *>cnp.PyArray_DATA(out), nthreads)
-            clock_gettime(CLOCK_MONOTONIC, &stop)
-        vg_model_release(model)
-        if rc != 0:
-            raise MemoryError("no memory for per-thread scratch rows")
-        return (stop.tv_sec - start.tv_sec) + (stop.tv_nsec - start.tv_nsec) * 1e-9
+        return self._run_batch(rows, nthreads)[1]
 
     def capsule(self) -> object:
         """A PyCapsule named "voxguard.vg_model" holding a NEW reference to the loaded model (contract D).

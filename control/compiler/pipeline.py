@@ -6,7 +6,6 @@ The library is built under a temporary name in `out_dir`, verified there, and on
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -25,6 +24,7 @@ import xgboost as xgb
 from ml_pipeline.compiler.build import DEFAULT_FLAGS, build_shared_library
 from ml_pipeline.compiler.codegen import generate_sources, read_xgboost_model
 from ml_pipeline.compiler.verify import Verification, load_test_sample, threshold_rows, verify_library
+from ml_pipeline.model_registry.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,6 @@ class CompileResult:
 def toolchain_versions() -> dict[str, str]:
     """Versions of the libraries that produce and check the artifact (recorded with it)."""
     return {"treelite": treelite.__version__, "tl2cgen": tl2cgen.__version__, "xgboost": xgb.__version__}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -140,7 +132,7 @@ def compile_model(
             f"verified on {verification.rows} rows ({verification.test_rows} test, {verification.threshold_rows} "
             f"threshold), max |diff| {verification.max_abs_diff:.3g}"
         )
-        digest = _sha256(library)
+        digest = sha256_file(library)
         os.replace(library, target)
     return CompileResult(
         model_id=model_id,

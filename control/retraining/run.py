@@ -32,25 +32,18 @@ from ml_pipeline.retraining.notify import WebhookNotifier, announce
 from ml_pipeline.retraining.records import RunRecord, RunStatus, RunStore, new_run_id
 from ml_pipeline.retraining.settings import RetrainSettings
 from ml_pipeline.training.evaluator import EvaluationMetrics, ModelEvaluator
-from ml_pipeline.training.trainer import MIN_ROWS_PER_CLASS, ModelTrainer, stratified_split, write_training_output
+from ml_pipeline.training.trainer import (
+    CONTRACT_METRICS,
+    MIN_ROWS_PER_CLASS,
+    ModelTrainer,
+    stratified_split,
+    write_training_output,
+)
 
 log = logging.getLogger(__name__)
 
 ACTOR = "ml-pipeline retrain"
-RECORDED_METRICS = (
-    "auc_score",
-    "precision",
-    "recall",
-    "f1_score",
-    "accuracy",
-    "specificity",
-    "fpr",
-    "fnr",
-    "confusion_matrix",
-    "threshold",
-    "samples",
-    "positives",
-)
+RECORDED_METRICS = (*CONTRACT_METRICS, "samples", "positives")
 
 
 @dataclass(frozen=True)

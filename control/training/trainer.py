@@ -207,7 +207,7 @@ def write_training_output(
         "hyperparameters": {**trainer.params, "n_estimators": trainer.n_estimators},
         "feature_importance": trainer.get_feature_importance(),
         "threshold": metrics["threshold"],
-        "metrics": {k: metrics[k] for k in _CONTRACT_METRICS},
+        "metrics": {k: metrics[k] for k in CONTRACT_METRICS},
         "data_window": data_window,
         "best_iteration": trainer.best_iteration,
         "num_trees": trainer.best_iteration + 1,
@@ -217,7 +217,7 @@ def write_training_output(
     return record
 
 
-_CONTRACT_METRICS = (
+CONTRACT_METRICS = (
     "auc_score",
     "precision",
     "recall",
