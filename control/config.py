@@ -316,3 +316,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("YUGABYTE_USER", "voxguard", _text, "training database user"),
     EnvVar("YUGABYTE_PASSWORD", None, _optional_text, "training database password (never shown)", secret=True),
 )
+
+_BY_NAME: dict[str, EnvVar] = {spec.name: spec for spec in ENV_VARS}
+
+
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The parsed value of one variable of ENV_VARS (its default when unset); ConfigError when it is bad."""
+    return _BY_NAME[name].read(os.environ if environ is None else environ)

@@ -6,15 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ml_pipeline.config import ENV_VARS
+from ml_pipeline.config import env_value
 
 RUNS_FOLDER = "retrain_runs"
-
-
-def _env_value(name: str, environ: Mapping[str, str]) -> Any:
-    return next(spec for spec in ENV_VARS if spec.name == name).read(environ)
 
 
 @dataclass(frozen=True)
@@ -35,14 +30,14 @@ class RetrainSettings:
         """Settings from the ML_RETRAIN_* variables (ConfigError names a bad one)."""
         env = os.environ if environ is None else environ
         return cls(
-            min_improvement=_env_value("ML_RETRAIN_MIN_IMPROVEMENT", env),
-            min_rows=_env_value("ML_RETRAIN_MIN_ROWS", env),
-            runs_path=_env_value("ML_RETRAIN_RUNS_PATH", env),
-            catch_up=_env_value("ML_RETRAIN_CATCH_UP", env),
-            webhook_url=_env_value("ML_RETRAIN_WEBHOOK_URL", env),
-            webhook_timeout_s=_env_value("ML_RETRAIN_WEBHOOK_TIMEOUT_S", env),
-            webhook_attempts=_env_value("ML_RETRAIN_WEBHOOK_ATTEMPTS", env),
-            dask_scheduler=_env_value("ML_RETRAIN_DASK_SCHEDULER", env),
+            min_improvement=env_value("ML_RETRAIN_MIN_IMPROVEMENT", env),
+            min_rows=env_value("ML_RETRAIN_MIN_ROWS", env),
+            runs_path=env_value("ML_RETRAIN_RUNS_PATH", env),
+            catch_up=env_value("ML_RETRAIN_CATCH_UP", env),
+            webhook_url=env_value("ML_RETRAIN_WEBHOOK_URL", env),
+            webhook_timeout_s=env_value("ML_RETRAIN_WEBHOOK_TIMEOUT_S", env),
+            webhook_attempts=env_value("ML_RETRAIN_WEBHOOK_ATTEMPTS", env),
+            dask_scheduler=env_value("ML_RETRAIN_DASK_SCHEDULER", env),
         )
 
     def runs_dir(self, registry_root: Path) -> Path:
