@@ -22,6 +22,7 @@ from ml_pipeline.errors import JobFailed, PipelineError
 from ml_pipeline.inference_server.convergence import RegistryConvergence
 from ml_pipeline.inference_server.handlers import SERVICE_NAME, fraud_detection_handler
 from ml_pipeline.inference_server.metrics import CoreCollector, metrics_registry
+from ml_pipeline.inference_server.tls import ServerTLS, add_port
 from ml_pipeline.inference_server.transport import AUTO, resolve_transport, start_native_transport
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.monitoring.serving import MonitoringSettings, ServerMonitoring
@@ -44,7 +45,8 @@ class InferenceServer:
     is held back to coalesce batches: with compiled trees scoring costs ~2 µs, so waiting would only add
     latency (see bench/). Callers with many rows use PredictBatch or PredictStream. `metrics_port=None`
     disables metrics; port 0 (gRPC or metrics) binds an ephemeral port, readable after start. `monitoring`
-    (default: MonitoringSettings.from_env()) sets the drift publishing and the optional prediction log.
+    (default: MonitoringSettings.from_env()) sets the drift publishing and the optional prediction log. `tls`
+    (ServerTLS) serves TLS or mutual TLS on either transport; `metrics_host` binds metrics elsewhere than `host`.
     """
 
     def __init__(
@@ -65,6 +67,8 @@ class InferenceServer:
         max_batch_rows: int = 10_000,
         transport: str = AUTO,
         monitoring: MonitoringSettings | None = None,
+        tls: ServerTLS | None = None,
+        metrics_host: str | None = None,
     ) -> None:
         self.registry = ModelRegistry(registry_path)
         self.host = host
@@ -73,6 +77,8 @@ class InferenceServer:
         self.batch_timeout_ms = batch_timeout_ms
         self.max_workers = max_workers
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host or host
+        self.tls = tls
         self.poll_seconds = poll_seconds
         self.shutdown_grace = shutdown_grace
         self.reuse_port = reuse_port
@@ -112,7 +118,9 @@ class InferenceServer:
         await self._converge(force=True)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         if self.transport == "native":
-            self._native = start_native_transport(self.core, address, self.max_batch_bytes + 4096, self.reuse_port)
+            self._native = start_native_transport(
+                self.core, address, self.max_batch_bytes + 4096, self.reuse_port, self.tls
+            )
             self._native.set_serving(self.convergence.champion is not None)
             self.port = self._native.port
         else:
@@ -126,7 +134,7 @@ class InferenceServer:
             service = fraud_detection_pb2.DESCRIPTOR.services_by_name[SERVICE_NAME].full_name
             reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
             try:
-                self.port = self._server.add_insecure_port(address)
+                self.port = add_port(self._server, address, self.tls)
             except RuntimeError as exc:
                 raise JobFailed(f"cannot listen on {address} ({exc}): port in use? choose another --port") from None
             await self._server.start()
@@ -140,11 +148,11 @@ class InferenceServer:
             for collector in self.monitoring.collectors():
                 registry.register(collector)
             try:
-                self._metrics_httpd, _ = start_http_server(self.metrics_port, addr=self.host, registry=registry)
+                self._metrics_httpd, _ = start_http_server(self.metrics_port, addr=self.metrics_host, registry=registry)
             except OSError as exc:
                 await self.stop(0)
                 raise JobFailed(
-                    f"cannot serve metrics on {self.host}:{self.metrics_port} ({exc.strerror}): "
+                    f"cannot serve metrics on {self.metrics_host}:{self.metrics_port} ({exc.strerror}): "
                     "choose another --metrics-port"
                 ) from None
             self.metrics_port = self._metrics_httpd.server_port

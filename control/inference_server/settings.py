@@ -10,6 +10,7 @@ from typing import Any
 from ml_pipeline.config import ENV_VARS, MLPipelineConfig
 from ml_pipeline.errors import UsageError
 from ml_pipeline.inference_server.server import InferenceServer
+from ml_pipeline.inference_server.tls import ServerTLS
 from ml_pipeline.inference_server.transport import AUTO, resolve_transport, transport_name
 
 
@@ -31,6 +32,8 @@ class ServerSettings:
     shutdown_grace: float = 10.0
     enable_ab_testing: bool = True
     transport: str = AUTO
+    tls: ServerTLS | None = None
+    metrics_host: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -48,6 +51,8 @@ class ServerSettings:
             shutdown_grace=_env_value("ML_SHUTDOWN_GRACE_SECONDS", env),
             enable_ab_testing=_env_value("ML_ENABLE_AB_TESTING", env),
             transport=_env_value("ML_INFERENCE_TRANSPORT", env),
+            tls=ServerTLS.from_env(env),
+            metrics_host=_env_value("ML_METRICS_HOST", env),
         )
 
     def with_overrides(self, **changes: Any) -> ServerSettings:
@@ -75,4 +80,6 @@ class ServerSettings:
             shutdown_grace=self.shutdown_grace,
             reuse_port=self.workers > 1,
             transport=self.transport,
+            tls=self.tls,
+            metrics_host=self.metrics_host,
         )
