@@ -7,6 +7,7 @@ The server gets its own asyncio loop in a thread, so tests use the ordinary sync
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,15 @@ from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 @contextmanager
 def running_server(registry_path: Path, **options: object) -> Iterator[InferenceServer]:
     """An InferenceServer serving `registry_path` on ephemeral ports, polled every 0.05 s, for a with-block."""
-    kwargs = {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "poll_seconds": 0.05, **options}
+    transport = os.environ.get("ML_INFERENCE_TRANSPORT", "auto")  # set per test by test_server_e2e's `transport`
+    kwargs = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": 0,
+        "poll_seconds": 0.05,
+        "transport": transport,
+        **options,
+    }
     server = InferenceServer(str(registry_path), **kwargs)  # type: ignore[arg-type]
     loop = asyncio.new_event_loop()
     started = threading.Event()

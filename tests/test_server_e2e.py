@@ -3,8 +3,8 @@
 Bad input, UNAVAILABLE without a champion, deadlines, A/B parity with TrafficSplitter, hot swap under load
 with zero failed requests, a tampered library refused while the old model serves, health, reflection,
 metrics, batch and stream, SIGHUP reload and SIGTERM drain of a server subprocess, grpcurl, a Node.js
-client, and `ml-pipeline serve --workers 2` with `ml-pipeline predict`. The server runs on the default
-transport (the native one when it is built, else grpcio).
+client, and `ml-pipeline serve --workers 2` with `ml-pipeline predict`. Every test runs on both transports,
+grpcio and native (skipped where the native one is not built), chosen with ML_INFERENCE_TRANSPORT.
 """
 
 from __future__ import annotations
@@ -32,10 +32,20 @@ from server_harness import Client, running_server, wait_until
 from serving_models import NUM_FEATURES, BuiltModel, build_model, register_compiled, xgboost_proba
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
+from ml_pipeline.inference_server.transport import native_unavailable_reason
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 
 ROW = [0.3, -1.2, 0.8, 0.1, float("nan"), 2.0, -0.4, 1.1]
+
+
+@pytest.fixture(autouse=True, params=["grpcio", "native"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The transport of every server in the test (harness and subprocesses read ML_INFERENCE_TRANSPORT)."""
+    if request.param == "native" and (reason := native_unavailable_reason()):
+        pytest.skip(reason)
+    monkeypatch.setenv("ML_INFERENCE_TRANSPORT", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")
