@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc import aio
 
-from ml_pipeline.config import ENV_VARS
+from ml_pipeline.config import env_value
 from ml_pipeline.errors import ConfigError
 
 CERT_VAR, KEY_VAR, CLIENT_CA_VAR = "ML_TLS_CERT_FILE", "ML_TLS_KEY_FILE", "ML_TLS_CLIENT_CA_FILE"
@@ -60,7 +60,7 @@ class ServerTLS:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerTLS | None:
         """TLS settings from ML_TLS_* (None when neither certificate nor key is set: plaintext gRPC)."""
         env = os.environ if environ is None else environ
-        cert, key, client_ca = (_env_path(name, env) for name in (CERT_VAR, KEY_VAR, CLIENT_CA_VAR))
+        cert, key, client_ca = (env_value(name, env) for name in (CERT_VAR, KEY_VAR, CLIENT_CA_VAR))
         if cert is None and key is None:
             if client_ca is not None:
                 raise ConfigError(f"{CLIENT_CA_VAR} (mutual TLS) also needs {CERT_VAR} and {KEY_VAR}: set both")
@@ -84,10 +84,6 @@ def add_port(server: aio.Server | grpc.Server, address: str, tls: ServerTLS | No
     if tls is None:
         return server.add_insecure_port(address)
     return server.add_secure_port(address, tls.credentials())
-
-
-def _env_path(name: str, env: Mapping[str, str]) -> str | None:
-    return next(spec for spec in ENV_VARS if spec.name == name).read(env)
 
 
 def _read_pem(variable: str, path: str, marker: bytes) -> bytes:
