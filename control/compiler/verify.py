@@ -3,8 +3,8 @@ and on rows generated from the model's own split thresholds, built so that every
 
 For each tree the generator walks every root-to-leaf path and writes one row satisfying it (values at a
 threshold go right, values just below it go left), plus one row per split node that a missing value of its
-feature can reach, with that feature missing (the default branch). Per feature it adds rows just below, at and above each
-threshold, NaN and float32 extremes. Features a row does not constrain get values drawn from those same
+feature can reach, with that feature missing (the default branch). Per feature it adds rows just below, at
+and above each threshold, NaN and float32 extremes. Features a row does not constrain get values drawn from those same
 candidates, so other trees are exercised along the way.
 """
 

@@ -7,15 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ml_pipeline.config import ENV_VARS, MLPipelineConfig
+from ml_pipeline.config import MLPipelineConfig, env_value
 from ml_pipeline.errors import UsageError
 from ml_pipeline.inference_server.server import InferenceServer
 from ml_pipeline.inference_server.tls import ServerTLS
 from ml_pipeline.inference_server.transport import AUTO, resolve_transport, transport_name
-
-
-def _env_value(name: str, environ: Mapping[str, str]) -> Any:
-    return next(spec for spec in ENV_VARS if spec.name == name).read(environ)
 
 
 @dataclass(frozen=True)
@@ -46,13 +42,13 @@ class ServerSettings:
             port=config.inference_port,
             metrics_port=config.metrics_port,
             max_workers=config.max_workers,
-            workers=_env_value("ML_INFERENCE_WORKERS", env),
-            poll_seconds=_env_value("ML_REGISTRY_POLL_SECONDS", env),
-            shutdown_grace=_env_value("ML_SHUTDOWN_GRACE_SECONDS", env),
-            enable_ab_testing=_env_value("ML_ENABLE_AB_TESTING", env),
-            transport=_env_value("ML_INFERENCE_TRANSPORT", env),
+            workers=env_value("ML_INFERENCE_WORKERS", env),
+            poll_seconds=env_value("ML_REGISTRY_POLL_SECONDS", env),
+            shutdown_grace=env_value("ML_SHUTDOWN_GRACE_SECONDS", env),
+            enable_ab_testing=env_value("ML_ENABLE_AB_TESTING", env),
+            transport=env_value("ML_INFERENCE_TRANSPORT", env),
             tls=ServerTLS.from_env(env),
-            metrics_host=_env_value("ML_METRICS_HOST", env),
+            metrics_host=env_value("ML_METRICS_HOST", env),
         )
 
     def with_overrides(self, **changes: Any) -> ServerSettings:
