@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -207,6 +208,7 @@ def test_swapped_out_model_lives_while_referenced_and_swaps_under_threads(
             except ServingError as exc:
                 failures.append(str(exc))
             i += 1
+            time.sleep(0)  # yield the GIL, so the swapping thread is not starved (the swaps still overlap scoring)
 
     threads = [threading.Thread(target=score_loop) for _ in range(4)]
     for t in threads:
