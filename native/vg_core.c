@@ -301,13 +301,7 @@ static inline const slot_config *route(const config *cfg, const vg_request *req,
 
 /* The random draw of row `i` of a batch: the same in both passes, independent between rows. */
 static inline uint32_t row_draw(uint32_t seed, size_t i) {
-    uint32_t h = seed ^ (uint32_t)(i * 0x9E3779B9u);
-    h ^= h >> 16;
-    h *= 0x85EBCA6Bu;
-    h ^= h >> 13;
-    h *= 0xC2B2AE35u;
-    h ^= h >> 16;
-    return h;
+    return vg_fmix32(seed ^ (uint32_t)(i * 0x9E3779B9u));
 }
 
 static inline int check_row(const slot_config *slot, const vg_request *req, char *err, size_t errcap,

@@ -10,14 +10,18 @@
 #include <stdint.h>
 #include <zlib.h>
 
-static inline uint32_t vg_route_hash(const uint8_t *key, size_t len) {
-    uint32_t h = (uint32_t)crc32(0L, key, (uInt)len);
+/* murmur3's fmix32 finaliser: spreads every input bit over the whole word. */
+static inline uint32_t vg_fmix32(uint32_t h) {
     h ^= h >> 16;
     h *= 0x85EBCA6Bu;
     h ^= h >> 13;
     h *= 0xC2B2AE35u;
     h ^= h >> 16;
     return h;
+}
+
+static inline uint32_t vg_route_hash(const uint8_t *key, size_t len) {
+    return vg_fmix32((uint32_t)crc32(0L, key, (uInt)len));
 }
 
 #endif /* VG_ROUTE_H */
