@@ -67,6 +67,18 @@ class RetrainContext:
         self.registry = ModelRegistry(registry_path or config.model.model_registry_path)
         self.runs = RunStore(runs_path or self.settings.runs_dir(self.registry.root))
 
+    def retrain(self, source: str | None, dask_scheduler: str | None, **run: Any) -> RunRecord:
+        """One retraining run on this context's configuration, registry and run store."""
+        return retrain(
+            self.config,
+            source=source,
+            registry=self.registry,
+            dask_scheduler=dask_scheduler,
+            settings=self.settings,
+            runs=self.runs,
+            **run,
+        )
+
 
 def run_view(record: RunRecord) -> dict[str, Any]:
     """A run as people read it: outcome first, then data, metrics, champion and timings."""
@@ -118,14 +130,7 @@ def retrain_cmd(
 ) -> None:
     """Retrain on the last N days of labelled alerts; register a candidate if it beats the champion."""
     ctx = RetrainContext(registry_path, runs_path, lookback_days)
-    record = retrain(
-        ctx.config,
-        source=data,
-        registry=ctx.registry,
-        dask_scheduler=dask_scheduler,
-        settings=ctx.settings,
-        runs=ctx.runs,
-    )
+    record = ctx.retrain(data, dask_scheduler)
     if as_json:
         emit(record.to_dict(), as_json=True)
     else:
@@ -191,16 +196,7 @@ def scheduler_cmd(
     ctx = RetrainContext(registry_path, runs_path)
 
     def job(slot: datetime) -> RunRecord:
-        return retrain(
-            ctx.config,
-            source=data,
-            registry=ctx.registry,
-            dask_scheduler=dask_scheduler,
-            settings=ctx.settings,
-            runs=ctx.runs,
-            trigger="schedule",
-            slot=slot,
-        )
+        return ctx.retrain(data, dask_scheduler, trigger="schedule", slot=slot)
 
     training = ctx.config.training
     scheduler = RetrainScheduler(
