@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from server_harness import Client, running_server, wait_until
 from serving_models import NUM_FEATURES, BuiltModel, build_model, register_compiled, xgboost_proba
+from wire_support import varint
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
 from ml_pipeline.inference_server.transport import native_unavailable_reason
@@ -119,15 +120,6 @@ def test_predict_batch_stream_health_reflection_metrics(registry: ModelRegistry,
         client.close()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 BAD_INPUTS = {
     "seven features": (request(row=ROW[:7]).SerializeToString(), "expected 8 features"),
     "nine features": (request(row=ROW + [1.0]).SerializeToString(), "expected 8 features"),
@@ -135,7 +127,7 @@ BAD_INPUTS = {
     "-Inf": (request(row=ROW[:5] + [-math.inf] + ROW[6:]).SerializeToString(), "features[5] is -Inf"),
     "malformed": (b"\x0a\x20\x00", "malformed request"),
     "bad utf-8 id": (request(row=ROW).SerializeToString() + b"\x12\x01\xff", "not valid UTF-8"),
-    "oversized": (request(row=ROW).SerializeToString() + b"\x2a" + _varint(20000) + b"x" * 20000, "exceeds the limit"),
+    "oversized": (request(row=ROW).SerializeToString() + b"\x2a" + varint(20000) + b"x" * 20000, "exceeds the limit"),
 }
 
 

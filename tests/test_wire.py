@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serving_models import NUM_FEATURES, build_model
+from wire_support import tag, varint
 
 from ml_pipeline.native.compiled_model import CompiledModel
 from ml_pipeline.native.serving_core import ServingCore, ServingError
@@ -33,19 +34,6 @@ def core(compiled: CompiledModel) -> ServingCore:
     core = ServingCore(max_request_bytes=4096)
     core.set_champion(compiled.capsule(), "wire_model", 0.5)
     return core
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def tag(field: int, wire: int) -> bytes:
-    return varint(field << 3 | wire)
 
 
 def packed(values: list[float]) -> bytes:
