@@ -1,4 +1,4 @@
-"""Server latency budget (issue 5), as ratios measured in one run on this machine.
+"""Server latency budget, as ratios measured in one run on this machine.
 
 Three servers on 127.0.0.1, each its own process, same grpcio transport settings: the real InferenceServer
 (compiled model through the native core), a constant-answer server (the transport's floor) and a plain
@@ -64,7 +64,7 @@ def _registry_with_champion(folder: Path, model_json: Path) -> ModelRegistry:
     registry.register_model(model_json, ModelMetadata(model_id="bench_v1", version="1", created_at=now, threshold=0.5))
     registry.approve_model("bench_v1", actor="bench")
     result = compile_model(registry.artifact_path("bench_v1"), folder / "compiled", "bench_v1")
-    registry.record_compiled("bench_v1", result.registry_record(), actor="bench")
+    registry.record_compiled("bench_v1", result.registry_record().to_dict(), actor="bench")
     registry.promote_to_champion("bench_v1", actor="bench")
     return registry
 

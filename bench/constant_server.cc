@@ -1,4 +1,4 @@
-// The constant-answer reference of the native-transport benchmark: native/grpc_transport.cc unchanged (same
+// The constant-answer reference of the native-transport benchmark: native/transport/grpc_transport.cc unchanged (same
 // C++ gRPC server, same raw-bytes methods, health and reflection), linked with a stand-in core that answers
 // every Predict / PredictStream message with one precomputed response. The difference to the real native
 // transport is then exactly the serving core (decode, route, score, count, encode).
@@ -21,19 +21,21 @@ namespace {
 
 // PredictionResponse{is_fraud: false, probability: 0.25, model_version: "constant", latency_ms: 0.001} and the
 // same fields as a ScoredPrediction with request_id "bench" (field 5).
-const uint8_t kPredictReply[] = {0x15, 0x00, 0x00, 0x80, 0x3e, 0x1a, 0x08, 'c',  'o',  'n',  's',
-                                 't',  'a',  'n',  't',  0x25, 0x6f, 0x12, 0x83, 0x3a};
+const uint8_t kPredictReply[] = {0x15, 0x00, 0x00, 0x80, 0x3e, 0x1a, 0x08, 'c',  'o',  'n',
+                                 's',  't',  'a',  'n',  't',  0x25, 0x6f, 0x12, 0x83, 0x3a};
 const uint8_t kStreamTail[] = {0x2a, 0x05, 'b', 'e', 'n', 'c', 'h'};
 
-}  // namespace
+} // namespace
 
-extern "C" size_t vg_core_output_bound(const vg_core *, int, const uint8_t *, size_t) { return 64; }
+extern "C" size_t vg_core_output_bound(const vg_core *, int, const uint8_t *, size_t) {
+    return 64;
+}
 
-extern "C" int vg_core_handle(vg_core *, int call, const uint8_t *, size_t, uint8_t *out, size_t cap,
-                              size_t *out_len, char *err, size_t errcap) {
+extern "C" int vg_core_handle(vg_core *, int call, const uint8_t *, size_t, uint8_t *out, size_t cap, size_t *out_len,
+                              char *err, size_t errcap) {
     if (call == VG_CALL_BATCH) {
         std::snprintf(err, errcap, "the constant server answers Predict and PredictStream only");
-        return 12;  // UNIMPLEMENTED
+        return 12; // UNIMPLEMENTED
     }
     size_t n = sizeof kPredictReply;
     std::memcpy(out, kPredictReply, n);
@@ -45,6 +47,9 @@ extern "C" int vg_core_handle(vg_core *, int call, const uint8_t *, size_t, uint
     return 0;
 }
 
+// The transport's admission refusals (cancelled, deadline passed, at capacity) are not counted here.
+extern "C" void vg_core_count_refusal(vg_core *, int) {}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         std::fprintf(stderr, "usage: %s PORT\n", argv[0]);
@@ -54,7 +59,7 @@ int main(int argc, char **argv) {
     sigemptyset(&stop);
     sigaddset(&stop, SIGTERM);
     sigaddset(&stop, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before gRPC starts its threads: only sigwait sees them
+    pthread_sigmask(SIG_BLOCK, &stop, nullptr); // before gRPC starts its threads: only sigwait sees them
 
     vg_core core{};
     voxguard::TransportOptions options;

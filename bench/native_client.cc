@@ -4,6 +4,8 @@
 //   native_client TARGET seq N             N sequential Predict calls: latency percentiles
 //   native_client TARGET inflight K N      N Predict calls, K in flight at all times: calls per second
 //   native_client TARGET stream K N        one PredictStream of N messages, up to K unanswered: messages/s
+//   native_client TARGET overload K S D     S seconds of Predict calls, K in flight, each with a D ms deadline:
+//                                          answers OK within the deadline per second, codes, p50/p99 of those
 //
 // Prints one JSON object on stdout; exits 1 (message on stderr) when a call fails.
 #include <grpcpp/generic/generic_stub.h>
@@ -61,11 +63,12 @@ void Sequential(grpc::GenericStub &stub, long n) {
         call->Finish(&reply, &status, &context);
         cq.Next(&tag, &ok);
         micros.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
-        if (!status.ok()) Fail("Predict", status);
+        if (!status.ok())
+            Fail("Predict", status);
     }
     std::sort(micros.begin(), micros.end());
-    std::printf("{\"calls\": %ld, \"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f}\n", n,
-                Percentile(micros, 0.5), Percentile(micros, 0.99), Percentile(micros, 0.999));
+    std::printf("{\"calls\": %ld, \"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f}\n", n, Percentile(micros, 0.5),
+                Percentile(micros, 0.99), Percentile(micros, 0.999));
 }
 
 struct UnaryCall {
@@ -87,18 +90,81 @@ void InFlight(grpc::GenericStub &stub, int k, long n) {
         ++started;
     };
     const auto begin = Clock::now();
-    for (int i = 0; i < k && started < n; ++i) start_one();
+    for (int i = 0; i < k && started < n; ++i)
+        start_one();
     void *tag;
     bool ok;
     while (done < n && cq.Next(&tag, &ok)) {
         auto *call = static_cast<UnaryCall *>(tag);
-        if (!call->status.ok()) Fail("Predict", call->status);
+        if (!call->status.ok())
+            Fail("Predict", call->status);
         delete call;
         ++done;
-        if (started < n) start_one();
+        if (started < n)
+            start_one();
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
     std::printf("{\"calls\": %ld, \"in_flight\": %d, \"calls_per_s\": %.1f}\n", n, k, n / seconds);
+}
+
+struct TimedCall : UnaryCall {
+    Clock::time_point sent;
+};
+
+void Overload(grpc::GenericStub &stub, int k, double seconds, double deadline_ms) {
+    grpc::CompletionQueue cq;
+    const grpc::ByteBuffer request = Request();
+    const auto budget = std::chrono::duration<double, std::milli>(deadline_ms);
+    const auto begin = Clock::now();
+    const auto end = begin + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    long in_flight = 0, on_time = 0, late = 0;
+    long codes[17] = {0};
+    std::vector<double> micros;
+    auto start_one = [&]() {
+        auto *call = new TimedCall;
+        call->sent = Clock::now();
+        call->context.set_deadline(std::chrono::system_clock::now() +
+                                   std::chrono::duration_cast<std::chrono::system_clock::duration>(budget));
+        call->reader = stub.PrepareUnaryCall(&call->context, kPredict, request, &cq);
+        call->reader->StartCall();
+        call->reader->Finish(&call->reply, &call->status, call);
+        ++in_flight;
+    };
+    for (int i = 0; i < k; ++i)
+        start_one();
+    void *tag;
+    bool ok;
+    while (in_flight > 0 && cq.Next(&tag, &ok)) {
+        auto *call = static_cast<TimedCall *>(tag);
+        --in_flight;
+        const auto took = Clock::now() - call->sent;
+        const int code = static_cast<int>(call->status.error_code());
+        codes[code >= 0 && code < 17 ? code : 2]++;
+        if (call->status.ok() && took <= budget) {
+            ++on_time;
+            micros.push_back(std::chrono::duration<double, std::micro>(took).count());
+        } else if (call->status.ok()) {
+            ++late;
+        }
+        delete call;
+        if (Clock::now() < end)
+            start_one();
+    }
+    const double elapsed = std::chrono::duration<double>(Clock::now() - begin).count();
+    std::sort(micros.begin(), micros.end());
+    const double p50 = micros.empty() ? 0 : Percentile(micros, 0.5),
+                 p99 = micros.empty() ? 0 : Percentile(micros, 0.99);
+    std::printf("{\"in_flight\": %d, \"deadline_ms\": %.1f, \"ok_in_time_per_s\": %.1f, \"ok_late\": %ld, "
+                "\"p50_us\": %.1f, \"p99_us\": %.1f, \"codes\": {",
+                k, deadline_ms, on_time / elapsed, late, p50, p99);
+    bool first = true;
+    for (int c = 0; c < 17; ++c) {
+        if (codes[c]) {
+            std::printf("%s\"%d\": %ld", first ? "" : ", ", c, codes[c]);
+            first = false;
+        }
+    }
+    std::printf("}}\n");
 }
 
 void Stream(grpc::GenericStub &stub, int k, long n) {
@@ -127,25 +193,26 @@ void Stream(grpc::GenericStub &stub, int k, long n) {
         }
         cq.Next(&tag, &ok);
         switch (reinterpret_cast<intptr_t>(tag)) {
-            case kWritten:
-                ++sent;
-                writing = false;
-                break;
-            case kWritesDone:
-                writing = false;
-                break;
-            case kRead:
-                if (!ok) {
-                    call->Finish(&status, reinterpret_cast<void *>(kFinished));
-                    cq.Next(&tag, &ok);
-                    Fail("PredictStream", status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "ended early") : status);
-                }
-                if (++received < n) call->Read(&reply, reinterpret_cast<void *>(kRead));
-                break;
+        case kWritten:
+            ++sent;
+            writing = false;
+            break;
+        case kWritesDone:
+            writing = false;
+            break;
+        case kRead:
+            if (!ok) {
+                call->Finish(&status, reinterpret_cast<void *>(kFinished));
+                cq.Next(&tag, &ok);
+                Fail("PredictStream", status.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "ended early") : status);
+            }
+            if (++received < n)
+                call->Read(&reply, reinterpret_cast<void *>(kRead));
+            break;
         }
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
-    while (writing) {  // the last Write's or the WritesDone's completion
+    while (writing) { // the last Write's or the WritesDone's completion
         cq.Next(&tag, &ok);
         writing = false;
     }
@@ -155,15 +222,16 @@ void Stream(grpc::GenericStub &stub, int k, long n) {
     }
     call->Finish(&status, reinterpret_cast<void *>(kFinished));
     cq.Next(&tag, &ok);
-    if (!status.ok()) Fail("PredictStream", status);
+    if (!status.ok())
+        Fail("PredictStream", status);
     std::printf("{\"messages\": %ld, \"in_flight\": %d, \"messages_per_s\": %.1f}\n", n, k, n / seconds);
 }
 
-}  // namespace
+} // namespace
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        std::fprintf(stderr, "usage: %s TARGET seq N | inflight K N | stream K N\n", argv[0]);
+        std::fprintf(stderr, "usage: %s TARGET seq N | inflight K N | stream K N | overload K S D\n", argv[0]);
         return 2;
     }
     grpc::GenericStub stub(grpc::CreateChannel(argv[1], grpc::InsecureChannelCredentials()));
@@ -174,6 +242,8 @@ int main(int argc, char **argv) {
         InFlight(stub, std::atoi(argv[3]), std::atol(argv[4]));
     } else if (mode == "stream" && argc == 5) {
         Stream(stub, std::atoi(argv[3]), std::atol(argv[4]));
+    } else if (mode == "overload" && argc == 6) {
+        Overload(stub, std::atoi(argv[3]), std::atof(argv[4]), std::atof(argv[5]));
     } else {
         std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
         return 2;

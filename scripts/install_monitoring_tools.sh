@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's `prometheus` package, which ships the `prometheus` server and `promtool` (issue 7): the tests
+# Install Debian's `prometheus` package, which ships the `prometheus` server and `promtool`: the tests
 # check the metrics exposition and the alert rules with promtool and scrape a running server with Prometheus.
 # As root: apt-get install when missing (without starting the packaged service). Otherwise: say what to install
 # and exit 0, because the project builds and serves without them (only those tests are skipped).

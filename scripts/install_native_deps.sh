@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's gRPC C++ packages that the native gRPC transport is built from (issue 6), when missing.
+# Install Debian's gRPC C++ packages that the native gRPC transport is built from, when missing.
 # As root: apt-get update once, then install. Otherwise: say what to install and exit 0, because the project
 # still builds without them and serves with the grpcio transport.
 set -euo pipefail

@@ -2,6 +2,9 @@
 
 PostgreSQL tests use VOXGUARD_TEST_DSN (default: postgres on 127.0.0.1:5432, trust auth). Outside CI an
 unreachable server skips them with the reason; in CI (CI=true) it fails them, so they never skip silently.
+
+Every test carries exactly one kind marker (unit, integration or e2e, see pyproject.toml); collection stops
+with a usage error naming the tests that carry none or several, or unit tests that ask for PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,11 +13,30 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 ADMIN_DSN = os.environ.get("VOXGUARD_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+KINDS = ("unit", "integration", "e2e")
+TESTS = Path(__file__).resolve().parent
+DATABASE_FIXTURES = {"pg_admin_dsn", "pg_dsn"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test of tests/ without exactly one kind marker, and a unit test that needs PostgreSQL."""
+    problems = []
+    for item in items:
+        if not item.path.is_relative_to(TESTS):
+            continue
+        kinds = sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})
+        if len(kinds) != 1:
+            problems.append(f"{item.nodeid}: kind markers {kinds or 'none'} (mark it with one of {', '.join(KINDS)})")
+        elif kinds == ["unit"] and DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            problems.append(f"{item.nodeid}: a unit test cannot use PostgreSQL (mark it integration)")
+    if problems:
+        raise pytest.UsageError("tests without a clear kind:\n  " + "\n  ".join(problems))
 
 
 async def _admin(sql: str) -> None:

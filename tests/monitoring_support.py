@@ -1,6 +1,6 @@
 """Shared by the monitoring tests: a registry whose champion carries a drift reference, traffic, promtool.
 
-The champion is a real compiled model (tests/serving_models.py); its drift reference is fitted on standard
+The champion is a real compiled model (tests/model_factory.py); its drift reference is fitted on standard
 normal features, so traffic drawn from the same distribution shows no drift and a shifted column shows PSI.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_factory import register_compiled, served_model
 from server_harness import Client
-from serving_models import build_model, register_compiled, xgboost_proba
 
 from ml_pipeline.data.features import FEATURE_NAMES
 from ml_pipeline.model_registry import ModelRegistry
@@ -38,10 +38,10 @@ def require_tools(*missing: tuple[str, bool]) -> None:
 def drift_registry(root: Path, seed: int = 5) -> ModelRegistry:
     """A registry whose champion is a compiled model with a drift reference from N(0, 1) features."""
     registry = ModelRegistry(root / "registry")
-    model = build_model(root / "models", MODEL_ID, seed)
+    model = served_model(MODEL_ID, seed)
     register_compiled(registry, model)
     reference_rows = np.random.default_rng(seed).normal(size=(5000, len(FEATURE_NAMES))).astype(np.float32)
-    reference = DriftReference.fit(reference_rows, FEATURE_NAMES, xgboost_proba(model, reference_rows))
+    reference = DriftReference.fit(reference_rows, FEATURE_NAMES, model.xgboost_proba(reference_rows))
     registry.record_drift_reference(MODEL_ID, reference.to_dict(), actor="test")
     registry.promote_to_champion(MODEL_ID, actor="test")
     return registry

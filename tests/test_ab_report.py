@@ -41,6 +41,7 @@ def traffic(
     return log, labels
 
 
+@pytest.mark.unit
 def test_a_clearly_better_challenger_is_called_better() -> None:
     log, labels = traffic(4000, champion_signal=0.6, challenger_signal=2.0)
     report = ABReport.compute(log, labels, n_bootstrap=200, seed=1)
@@ -53,11 +54,13 @@ def test_a_clearly_better_challenger_is_called_better() -> None:
     assert champion.models == ["model-a"] and challenger.models == ["model-b"]
 
 
+@pytest.mark.unit
 def test_a_clearly_worse_challenger_is_called_worse() -> None:
     log, labels = traffic(4000, champion_signal=2.0, challenger_signal=0.6, seed=2)
     assert ABReport.compute(log, labels, n_bootstrap=200).verdict.startswith("challenger worse")
 
 
+@pytest.mark.unit
 def test_too_few_labels_give_an_estimate_of_how_many_more() -> None:
     log, labels = traffic(600, champion_signal=1.0, challenger_signal=1.15, seed=3)
     report = ABReport.compute(log, labels, n_bootstrap=200, seed=4)
@@ -67,6 +70,7 @@ def test_too_few_labels_give_an_estimate_of_how_many_more() -> None:
     assert again.to_dict() == report.to_dict()  # seeded: same inputs, same report
 
 
+@pytest.mark.unit
 def test_only_labelled_predictions_enter_the_metrics() -> None:
     log, labels = traffic(1000, 1.0, 1.0, seed=5)
     report = ABReport.compute(log, labels.iloc[:300], n_bootstrap=100)
@@ -90,6 +94,7 @@ def write_log(path: Path, log: pd.DataFrame) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_cli_with_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log, labels = traffic(3000, champion_signal=0.6, challenger_signal=2.0, seed=6)
     log_path = write_log(tmp_path / "predictions.jsonl", log)
@@ -113,6 +118,7 @@ def test_cli_with_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0 and json.loads(out)["arms"][1]["auc"]["value"] > 0.8
 
 
+@pytest.mark.integration
 def test_cli_labels_from_the_labelled_alerts_table(
     tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -140,6 +146,7 @@ def test_cli_labels_from_the_labelled_alerts_table(
     assert report["joined"] == 800 and report["verdict"].startswith("not yet significant")
 
 
+@pytest.mark.unit
 def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"alert_id": ["a"], "is_fraud": [1]}).to_csv(labels, index=False)

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from registry_support import write_training_output
+from model_factory import training_output
 
 from ml_pipeline.cli import main
 from ml_pipeline.compiler.registered import default_model_id
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 from ml_pipeline.native.compiled_model import CompiledModel
+
+pytestmark = pytest.mark.integration
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -24,8 +26,8 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def register(registry: ModelRegistry, folder: Path, model_id: str, seed: int, approve: bool = True) -> None:
-    """Register a freshly trained contract-A output folder (and approve it)."""
-    output = write_training_output(folder / model_id, model_id, seed=seed)
+    """Register a freshly trained training output folder (and approve it)."""
+    output = training_output(folder / model_id, model_id, seed=seed)
     registry.register_model(
         output / "model.json",
         ModelMetadata.from_training_output(output),
@@ -103,6 +105,13 @@ def test_usage_errors(registry: ModelRegistry, capsys, args: list[str], message:
 
 
 def test_default_on_a_registry_without_approved_models(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty" / "models").mkdir(parents=True)
     code, _, stderr = run(capsys, "compile", "--default", "--registry", str(tmp_path / "empty"))
     assert code == 2
     assert "no champion and no approved model to compile" in stderr
+
+
+def test_a_missing_registry_is_named(tmp_path: Path, capsys) -> None:
+    code, _, stderr = run(capsys, "compile", "--default", "--registry", str(tmp_path / "typo"))
+    assert code == 2
+    assert "typo (--registry) does not exist" in stderr and "Traceback" not in stderr

@@ -1,4 +1,4 @@
-"""The CLI path of issue 3: candidate → approve → champion, challenger at 10 %, step, rollback, full history."""
+"""The registry CLI end to end: candidate → approve → champion, challenger at 10 %, step, rollback, full history."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from registry_support import write_training_output
+from model_factory import training_output
 
 from ml_pipeline.cli import main
 from ml_pipeline.model_registry import ModelRegistry
+
+pytestmark = pytest.mark.unit
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -29,13 +31,14 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict | list:
 @pytest.fixture
 def trained(tmp_path: Path) -> tuple[Path, Path]:
     return (
-        write_training_output(tmp_path / "out1", "xgboost_v2026.11.29.010000", seed=1),
-        write_training_output(tmp_path / "out2", "xgboost_v2026.11.30.010000", seed=2),
+        training_output(tmp_path / "out1", "xgboost_v2026.11.29.010000", seed=1),
+        training_output(tmp_path / "out2", "xgboost_v2026.11.30.010000", seed=2),
     )
 
 
 def test_candidate_to_champion_challenger_step_and_rollback(capsys, tmp_path, trained, monkeypatch):
     monkeypatch.setenv("ML_MODEL_REGISTRY_PATH", str(tmp_path / "registry"))
+    monkeypatch.chdir(tmp_path)  # promotion compiles into ./compiled_models
     first, second = "xgboost_v2026.11.29.010000", "xgboost_v2026.11.30.010000"
     who = ("--actor", "alice")
 
@@ -65,6 +68,10 @@ def test_candidate_to_champion_challenger_step_and_rollback(capsys, tmp_path, tr
     models = {m["model_id"]: m["status"] for m in run_json(capsys, "registry", "list")}
     assert models == {first: "champion", second: "archived"}
     history = run_json(capsys, "registry", "history")
+    # promote and rollout start compiled each model first (it had no library): every serving model can be loaded
+    assert [h["model_id"] for h in history if h["action"] == "compile"] == [first, second]
+    assert (tmp_path / "compiled_models" / f"{first}.so").is_file()
+    history = [h for h in history if h["action"] not in ("compile", "publish-library")]
     assert [(h["action"], h["model_id"], h["to_status"]) for h in history] == [
         ("register", first, "candidate"),
         ("approve", first, "approved"),

@@ -44,12 +44,14 @@ def trained(alerts_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return out, printed.getvalue()
 
 
+@pytest.mark.unit
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
     assert all(name in out for name in ("demo-data", "train", "evaluate"))
 
 
+@pytest.mark.unit
 def test_demo_data_writes_parquet_and_reports_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "alerts.parquet"
     code, out, _ = run_cli(capsys, "demo-data", "--rows", "2000", "--days", "3", "--out", str(path), "--json")
@@ -58,6 +60,7 @@ def test_demo_data_writes_parquet_and_reports_json(capsys: pytest.CaptureFixture
     assert summary["rows"] == 2000 and 0.02 <= summary["fraud_rate"] <= 0.05
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "args",
     [
@@ -74,7 +77,8 @@ def test_demo_data_bad_usage_exits_2(capsys: pytest.CaptureFixture[str], args: l
     assert err.strip()
 
 
-def test_train_writes_contract_a_and_prints_json(
+@pytest.mark.integration
+def test_train_writes_the_training_output_and_prints_json(
     capsys: pytest.CaptureFixture[str], alerts_csv: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
@@ -90,6 +94,7 @@ def test_train_writes_contract_a_and_prints_json(
     assert {p.name for p in out.iterdir()} == {"model.json", "training.json", "test_sample.npz"}
 
 
+@pytest.mark.integration
 def test_train_prints_a_table_for_people(trained: tuple[Path, str]) -> None:
     out_dir, printed = trained
     record = json.loads((out_dir / "training.json").read_text())
@@ -100,6 +105,7 @@ def test_train_prints_a_table_for_people(trained: tuple[Path, str]) -> None:
     assert "quality gate                 passed" in printed
 
 
+@pytest.mark.integration
 def test_failed_quality_gate_exits_1_and_keeps_the_output(
     capsys: pytest.CaptureFixture[str], alerts_csv: Path, tmp_path: Path
 ) -> None:
@@ -113,6 +119,7 @@ def test_failed_quality_gate_exits_1_and_keeps_the_output(
     assert (out / "model.json").is_file() and (out / "training.json").is_file()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -128,6 +135,7 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], arg
     assert message in err
 
 
+@pytest.mark.unit
 def test_bad_configuration_exits_2_naming_the_variable(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, alerts_csv: Path
 ) -> None:
@@ -137,6 +145,7 @@ def test_bad_configuration_exits_2_naming_the_variable(
     assert err.startswith("error: ML_DECISION_THRESHOLD='1.5' is not valid") and err.count("\n") == 1
 
 
+@pytest.mark.integration
 def test_evaluate_prints_metrics_and_writes_the_report(
     capsys: pytest.CaptureFixture[str], trained: tuple[Path, str], alerts_csv: Path, tmp_path: Path
 ) -> None:
@@ -150,6 +159,7 @@ def test_evaluate_prints_metrics_and_writes_the_report(
     assert result["report"] == str(report / "index.html") and (report / "roc.png").is_file()
 
 
+@pytest.mark.integration
 def test_evaluate_table_with_an_explicit_threshold(
     capsys: pytest.CaptureFixture[str], trained: tuple[Path, str], alerts_csv: Path
 ) -> None:
@@ -162,6 +172,7 @@ def test_evaluate_table_with_an_explicit_threshold(
     assert "quality gate" in out
 
 
+@pytest.mark.integration
 def test_evaluate_refuses_a_file_that_is_not_a_model(
     capsys: pytest.CaptureFixture[str], alerts_csv: Path, tmp_path: Path
 ) -> None:
@@ -172,6 +183,7 @@ def test_evaluate_refuses_a_file_that_is_not_a_model(
     assert "not an XGBoost model" in err and err.count("\n") == 1
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_demo_data_to_postgres_then_train_from_it(
     capsys: pytest.CaptureFixture[str], pg_dsn: str, tmp_path: Path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-import ctypes
 import hashlib
 import shutil
 import threading
@@ -11,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from compiled_model_helpers import SMALL, ModelSpec, built, synthetic_rows
+from model_factory import SMALL, ModelSpec, built, synthetic_rows
 
-from ml_pipeline.native.compiled_model import CAPSULE_NAME, CompiledModel, ModelIntegrityError, ModelLoadError
+from ml_pipeline.native.compiled_model import CompiledModel, ModelIntegrityError, ModelLoadError
+from ml_pipeline.native.serving_core import ServingCore
+
+pytestmark = pytest.mark.integration
 
 SHAPES = [
     ModelSpec("one_stump", trees=1, depth=1),
@@ -201,20 +203,20 @@ def test_recompiled_file_at_same_path_loads_the_new_code(tmp_path: Path) -> None
             assert (old.num_features, new.num_features) == (8, 5)
 
 
-def test_capsule_keeps_library_loaded_until_released() -> None:
+def test_serving_core_keeps_library_loaded_until_released() -> None:
     model = built(SMALL)
     before = mapped_model_inodes()
     compiled = CompiledModel(model.library)
     loaded = mapped_model_inodes() - before
     assert len(loaded) == 1
-    capsule = compiled.capsule()
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    assert get_name(capsule).decode() == CAPSULE_NAME == "voxguard.vg_model"
+    core = ServingCore()
+    core.set_champion(compiled, "small", 0.5)
     compiled.close()
     assert compiled.closed
     with pytest.raises(ValueError, match="closed"):
         compiled.score([0.0] * 8)
+    with pytest.raises(ValueError, match="closed"):
+        core.set_champion(compiled, "small", 0.5)
     assert loaded <= mapped_model_inodes()
-    del capsule
+    del core
     assert not loaded & mapped_model_inodes()

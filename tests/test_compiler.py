@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
-from compiled_model_helpers import SMALL, ModelSpec, built, synthetic_rows
+from model_factory import SMALL, ModelSpec, built, synthetic_rows
 
 from ml_pipeline.compiler import (
     VerificationFailed,
@@ -20,8 +20,12 @@ from ml_pipeline.compiler import (
 )
 from ml_pipeline.compiler.build import DEFAULT_FLAGS
 from ml_pipeline.errors import UsageError
+from ml_pipeline.model_registry.storage import sha256_file
+from ml_pipeline.records import CompiledLibrary
 
-CONTRACT_B_KEYS = {"path", "sha256", "compiler", "flags", "versions", "verification", "compiled_at"}
+pytestmark = pytest.mark.integration
+
+COMPILED_RECORD_KEYS = {"path", "sha256", "compiler", "flags", "versions", "verification", "compiled_at"}
 
 
 def _save(booster: xgb.Booster, path: Path) -> Path:
@@ -50,15 +54,19 @@ def test_compile_result_and_registry_record(tmp_path: Path) -> None:
     assert result.path == (tmp_path / "out" / "with_sample.so").resolve() and result.path.is_file()
     assert result.verification.test_rows == 300 and result.verification.threshold_rows > 0
     assert result.verification.max_abs_diff <= 1e-5
-    assert [line.split(":")[0] for line in lines if line.endswith(" s")] == ["codegen", "compile", "verify"]
+    assert [line.split(":")[0] for line in lines if line.endswith(" s")] == ["codegen", "compile", "verify", "explain"]
+    assert (tmp_path / "out" / "with_sample.trees").is_file() and result.explainer["max_abs_diff"] <= 1e-4
     assert "branch layout guided by a profile of 300 test-sample rows" in lines
-    record = result.registry_record()
-    assert set(record) >= CONTRACT_B_KEYS
+    library = result.registry_record()
+    assert isinstance(library, CompiledLibrary) and library.artifact_sha256 == sha256_file(model.model_json)
+    assert CompiledLibrary.from_dict(library.to_dict()) == library
+    record = library.to_dict()
+    assert set(record) >= COMPILED_RECORD_KEYS
     assert record["versions"] == toolchain_versions() and record["profile_rows"] == 300
     assert record["flags"] == [*DEFAULT_FLAGS, "-fprofile-use", "-fprofile-partial-training"]
     assert record["compiler"].startswith("gcc")
     assert json.loads(json.dumps(record)) == record
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["with_sample.so"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["with_sample.so", "with_sample.trees"]
 
 
 def test_without_test_sample_there_is_no_profile() -> None:

@@ -7,6 +7,8 @@ import pytest
 from ml_pipeline.config import DEFAULT_TRAINING_QUERY, ENV_VARS, MLPipelineConfig
 from ml_pipeline.errors import ConfigError, UsageError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_the_documented_ones() -> None:
     config = MLPipelineConfig.from_env({})
@@ -67,7 +69,7 @@ def test_each_variable_overrides_its_setting(name: str, raw: str, read, expected
     assert value == (raw if expected is None else expected)
 
 
-def test_every_variable_of_the_original_design_is_read() -> None:
+def test_every_core_variable_is_read() -> None:
     tested = {
         "ML_INFERENCE_HOST", "ML_INFERENCE_PORT", "ML_MAX_WORKERS", "ML_METRICS_PORT", "ML_ENVIRONMENT",
         "ML_DEBUG", "ML_MODEL_REGISTRY_PATH", "ML_MODEL_MAX_DEPTH", "ML_MODEL_LEARNING_RATE",

@@ -14,6 +14,7 @@ from ml_pipeline.errors import JobFailed
 from ml_pipeline.training.evaluator import ModelEvaluator
 
 
+@pytest.mark.e2e
 def test_demo_runs_every_step_and_writes_its_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo_output"
     assert main(out, compiled_dir=tmp_path / "compiled_models") == 0
@@ -35,6 +36,7 @@ def test_demo_runs_every_step_and_writes_its_outputs(tmp_path: Path, capsys: pyt
     assert "stopped after SIGTERM, exit code 0" in printed
 
 
+@pytest.mark.unit
 def test_quality_gate_step_stops_the_demo_below_the_minimums(tmp_path: Path) -> None:
     strict = MLPipelineConfig.from_env({"ML_MIN_AUC_SCORE": "0.95"})
     run = DemoRun(out=tmp_path, config=strict)
@@ -43,6 +45,7 @@ def test_quality_gate_step_stops_the_demo_below_the_minimums(tmp_path: Path) -> 
         check_quality_gate(run)
 
 
+@pytest.mark.unit
 def test_demo_with_bad_configuration_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ML_MODEL_N_ESTIMATORS", "many")
     assert main(tmp_path / "demo_output") == 2

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
+from model_factory import served_model
 from scipy import stats
-from serving_models import build_model
 
 from ml_pipeline.cli import main
 from ml_pipeline.data.features import FEATURE_NAMES
@@ -40,12 +40,14 @@ from ml_pipeline.training.trainer import ModelTrainer, write_training_output
 SHIFTED = "international_ratio"
 
 
+@pytest.mark.unit
 def test_bins_count_edges_at_or_below_and_missing_last() -> None:
     edges = [1.0, 2.0, 3.0]
     values = np.array([0.5, 1.0, 1.5, 2.0, 2.99, 3.0, 10.0, np.nan, np.nan])
     assert bin_counts(values, edges).tolist() == [1, 2, 2, 2, 2]
 
 
+@pytest.mark.unit
 def test_quantile_edges_are_unique_ascending_and_skip_the_minimum() -> None:
     rng = np.random.default_rng(0)
     mostly_zero = np.r_[np.zeros(800), rng.random(200)]
@@ -57,6 +59,7 @@ def test_quantile_edges_are_unique_ascending_and_skip_the_minimum() -> None:
         quantile_edges(mostly_zero, MAX_EDGES + 2)
 
 
+@pytest.mark.unit
 def test_quantile_bins_hold_equal_shares() -> None:
     values = np.random.default_rng(1).normal(size=20_000)
     ref = BinnedReference.fit(values, 10)
@@ -64,6 +67,7 @@ def test_quantile_bins_hold_equal_shares() -> None:
     assert np.allclose(ref.proportions[:10], 0.1, atol=0.002) and ref.proportions[10] == 0.0
 
 
+@pytest.mark.unit
 def test_psi_matches_the_formula_and_floors_empty_bins() -> None:
     reference = [0.5, 0.5, 0.0]
     live = [30, 70, 0]
@@ -78,6 +82,7 @@ def test_psi_matches_the_formula_and_floors_empty_bins() -> None:
         psi(reference, [1, 2])
 
 
+@pytest.mark.unit
 def test_levels_follow_the_documented_thresholds() -> None:
     assert [drift_level(v) for v in (0.0, 0.099, 0.1, 0.249, 0.25, 3.0, float("nan"))] == [
         "ok",
@@ -90,6 +95,7 @@ def test_levels_follow_the_documented_thresholds() -> None:
     ]
 
 
+@pytest.mark.unit
 def test_shift_raises_psi_ks_and_wasserstein() -> None:
     rng = np.random.default_rng(2)
     ref_values = rng.normal(size=5000)
@@ -102,6 +108,7 @@ def test_shift_raises_psi_ks_and_wasserstein() -> None:
     assert math.isnan(wasserstein(ref_values, np.array([np.nan])))
 
 
+@pytest.mark.unit
 def test_reference_round_trips_through_json() -> None:
     rng = np.random.default_rng(3)
     reference = DriftReference.fit(rng.normal(size=(500, 3)), ["a", "b", "c"], rng.random(200))
@@ -115,7 +122,7 @@ def test_reference_round_trips_through_json() -> None:
 
 @pytest.fixture(scope="module")
 def registry_with_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRegistry, str, Path]:
-    """A model trained by ModelTrainer, written as contract A and registered (with its drift reference)."""
+    """A model trained by ModelTrainer, written as a training output and registered (with its drift reference)."""
     root = tmp_path_factory.mktemp("drift")
     frame = generate_alerts(6000, seed=11)
     trainer = ModelTrainer(n_estimators=15, max_depth=4, nthread=1)
@@ -134,6 +141,7 @@ def _dmatrix(X: np.ndarray) -> xgb.DMatrix:
     return xgb.DMatrix(X, feature_names=FEATURE_NAMES)
 
 
+@pytest.mark.integration
 def test_training_output_carries_the_reference_into_the_registry(
     registry_with_model: tuple[ModelRegistry, str, Path],
 ) -> None:
@@ -162,6 +170,7 @@ def _run(*args: str) -> int:
     return exited.value.code
 
 
+@pytest.mark.integration
 def test_drift_report_flags_exactly_the_shifted_feature(
     registry_with_model: tuple[ModelRegistry, str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,6 +195,7 @@ def test_drift_report_flags_exactly_the_shifted_feature(
     assert SHIFTED in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_drift_report_on_unshifted_data_passes_the_gate(
     registry_with_model: tuple[ModelRegistry, str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -196,6 +206,7 @@ def test_drift_report_on_unshifted_data_passes_the_gate(
     assert "score" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_drift_report_usage_errors(
     registry_with_model: tuple[ModelRegistry, str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,12 +223,12 @@ def test_drift_report_usage_errors(
 
 
 @pytest.fixture(scope="module")
-def core_with_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServingCore]:
+def core_with_model() -> Iterator[ServingCore]:
     """A ServingCore serving a real compiled model as the champion."""
-    model = build_model(tmp_path_factory.mktemp("core"), "live", seed=1)
-    compiled = CompiledModel(str(model.so_path), model.sha256, "live")
+    model = served_model("live", seed=1)
+    compiled = CompiledModel(str(model.library), model.sha256, "live")
     core = ServingCore()
-    core.set_champion(compiled.capsule(), "live", 0.5)
+    core.set_champion(compiled, "live", 0.5)
     yield core
 
 
@@ -231,6 +242,7 @@ def _predict(core: ServingCore, rows: np.ndarray) -> np.ndarray:
     return np.asarray(scores, dtype=np.float32)
 
 
+@pytest.mark.integration
 def test_core_bins_agree_with_python_binning(core_with_model: ServingCore) -> None:
     core = core_with_model
     rng = np.random.default_rng(4)
@@ -256,6 +268,7 @@ def test_core_bins_agree_with_python_binning(core_with_model: ServingCore) -> No
     _predict(core, X[:5])  # tracking off: still serves
 
 
+@pytest.mark.integration
 def test_core_refuses_bad_edges(core_with_model: ServingCore) -> None:
     with pytest.raises(ValueError, match="ascending"):
         core_with_model.set_drift([[1.0, 0.5]], [])
@@ -267,6 +280,7 @@ def _snapshot(generation: int, rows: int, features: list[list[int]], score: list
     return DriftSnapshot(generation, rows, np.array(features), np.array(score))
 
 
+@pytest.mark.unit
 def test_window_diffs_the_oldest_and_newest_snapshot() -> None:
     reference = DriftReference(
         {"a": BinnedReference([0.0], [0.5, 0.5, 0.0], 100)}, BinnedReference([0.5], [0.5, 0.5, 0.0], 100)

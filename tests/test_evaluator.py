@@ -11,6 +11,8 @@ import pytest
 from ml_pipeline.errors import UsageError
 from ml_pipeline.training.evaluator import SWEEP_THRESHOLDS, EvaluationMetrics, ModelEvaluator
 
+pytestmark = pytest.mark.unit
+
 Y = np.array([0, 0, 0, 0, 1, 1, 1])
 P = np.array([0.10, 0.20, 0.80, 0.30, 0.70, 0.90, 0.40])
 

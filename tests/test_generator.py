@@ -11,6 +11,8 @@ import pytest
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
 from ml_pipeline.data.generator import GeneratorSettings, generate_alerts
 
+pytestmark = pytest.mark.unit
+
 END = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 RATIOS = [
     "unique_destinations_ratio",

@@ -1,4 +1,4 @@
-"""Monitoring assets: the exposition (names of issue 7, buckets, promtool check metrics), the Grafana dashboard
+"""Monitoring assets: the exposition (metric names, buckets, promtool check metrics), the Grafana dashboard
 (structure, every expression parses, every metric it uses is exposed) and the alert rules (promtool test rules).
 
 The exposition comes from a real InferenceServer on 127.0.0.1 serving a compiled model, with drift tracking
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "monitoring/grafana/dashboards/ml-monitoring.json"
 ALERTS = ROOT / "monitoring/prometheus/alerts.yml"
 ALERTS_TEST = ROOT / "monitoring/prometheus/alerts_test.yml"
-ISSUE_METRICS = {
+SERVED_METRICS = {
     "ml_predictions_total": {"model_version"},
     "ml_prediction_latency_seconds_bucket": {"model_version", "le"},
     "ml_fraud_detected_total": {"model_version"},
@@ -36,8 +36,8 @@ ISSUE_METRICS = {
     "ml_prediction_errors_total": {"code"},
     "ml_model_events_total": {"event", "slot"},
 }
-# The original design's name ml_model_b_requests_total reads to promtool's linter as "b" (bytes) abbreviated:
-# the only lint finding allowed, because issue 7 requires that exact name.
+# The name ml_model_b_requests_total reads to promtool's linter as "b" (bytes) abbreviated: the only lint
+# finding allowed, because dashboards and alert rules rely on that exact name (the A/B split's counters).
 ALLOWED_LINT = "ml_model_b_requests_total metric names should not contain abbreviated units"
 
 
@@ -82,9 +82,10 @@ def series(text: str) -> dict[str, set[str]]:
     return found
 
 
-def test_metric_names_are_exactly_those_of_the_issue(exposition: str) -> None:
+@pytest.mark.e2e
+def test_metric_names_are_exactly_the_served_ones(exposition: str) -> None:
     exposed = series(exposition)
-    for name, labels in ISSUE_METRICS.items():
+    for name, labels in SERVED_METRICS.items():
         assert name in exposed, name
         assert exposed[name] == labels, (name, exposed[name])
     assert 'ml_prediction_errors_total{code="INVALID_ARGUMENT"} 1.0' in exposition
@@ -92,6 +93,7 @@ def test_metric_names_are_exactly_those_of_the_issue(exposition: str) -> None:
     assert "ml_champion_loaded 1.0" in exposition
 
 
+@pytest.mark.e2e
 def test_latency_buckets_resolve_50_microseconds_to_10_milliseconds(exposition: str) -> None:
     bounds = {float(b) for b in re.findall(r'ml_prediction_latency_seconds_bucket\{le="([^"+]+)"', exposition)}
     inside = sorted(b for b in bounds if 50e-6 <= b <= 10e-3)
@@ -99,6 +101,7 @@ def test_latency_buckets_resolve_50_microseconds_to_10_milliseconds(exposition: 
     assert all(high / low <= 2.5 for low, high in zip(inside, inside[1:], strict=False))
 
 
+@pytest.mark.e2e
 def test_promtool_checks_the_exposition(exposition: str, promtool: None) -> None:
     result = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
@@ -112,6 +115,7 @@ def dashboard_exprs() -> list[str]:
     return [target["expr"] for panel in board["panels"] for target in panel["targets"]]
 
 
+@pytest.mark.unit
 def test_dashboard_structure() -> None:
     board = json.loads(DASHBOARD.read_text())
     assert board["uid"] and board["title"] and isinstance(board["schemaVersion"], int)
@@ -137,6 +141,7 @@ def test_dashboard_structure() -> None:
         assert needed in titles, needed
 
 
+@pytest.mark.integration
 def test_every_dashboard_expression_parses(tmp_path: Path, promtool: None) -> None:
     rules = {
         "groups": [
@@ -160,6 +165,7 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\bml_[a-z_]+\b", expr))
 
 
+@pytest.mark.e2e
 def test_every_metric_of_the_dashboard_and_the_alerts_is_exposed(exposition: str) -> None:
     exposed = set(series(exposition))
     used = set().union(*(metric_names(e) for e in dashboard_exprs()), metric_names(ALERTS.read_text()))
@@ -167,6 +173,7 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_exposed(exposition: str
     assert {"ml_feature_drift", "ml_prediction_latency_seconds_bucket", "ml_model_b_requests_total"} <= used
 
 
+@pytest.mark.integration
 def test_alert_rules_pass_check_and_unit_tests(promtool: None) -> None:
     check = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
     assert check.returncode == 0 and "SUCCESS: 5 rules found" in check.stdout, check.stdout + check.stderr

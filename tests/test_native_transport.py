@@ -1,4 +1,4 @@
-"""The native C++ gRPC transport on its own (issue 6): health set from Python, streams with many messages in
+"""The native C++ gRPC transport on its own: health set from Python, streams with many messages in
 flight, TLS and mutual TLS, drain; and the grpcio fallback where the extension is absent.
 
 The server end-to-end suite (test_server_e2e.py) runs against both transports; these tests cover what is
@@ -19,7 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_models import BuiltModel, build_model, register_compiled
+from model_factory import BuiltModel, register_compiled, served_model
+from native_support import require_native_transport
 from tls_certs import Pki, make_pki
 
 from ml_pipeline.cli import main
@@ -31,10 +32,7 @@ from ml_pipeline.native.compiled_model import CompiledModel
 from ml_pipeline.native.serving_core import ServingCore
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 
-native_transport = pytest.importorskip(
-    "ml_pipeline.native.native_transport", reason="native transport not built (gRPC C++ packages absent)"
-)
-NativeTransport = native_transport.NativeTransport
+pytestmark = pytest.mark.e2e
 
 ROW = [0.3, -1.2, 0.8, 0.1, float("nan"), 2.0, -0.4, 1.1]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -43,16 +41,23 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
-    """A small compiled model, built once for the module."""
-    return build_model(tmp_path_factory.mktemp("native_models"), "m_native", 7)
+def NativeTransport() -> type:
+    """The extension's NativeTransport class: a test needing it fails where gRPC C++ is installed (or in CI) and the
+    extension is not built, and skips only on a machine without gRPC C++ (tests/native_support.py)."""
+    return require_native_transport().NativeTransport
+
+
+@pytest.fixture(scope="module")
+def model() -> BuiltModel:
+    """A small compiled model (built once per test session)."""
+    return served_model("m_native", 7)
 
 
 @pytest.fixture
 def core(model: BuiltModel) -> ServingCore:
     """A serving core with `model` as champion (threshold 0.5)."""
     core = ServingCore()
-    core.set_champion(CompiledModel(str(model.so_path), sha256=model.sha256).capsule(), model.model_id, 0.5)
+    core.set_champion(CompiledModel(str(model.library), sha256=model.sha256), model.model_id, 0.5)
     return core
 
 
@@ -71,7 +76,7 @@ def predict_stub(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
     )
 
 
-def test_health_follows_set_serving_and_shutdown_is_final(model: BuiltModel) -> None:
+def test_health_follows_set_serving_and_shutdown_is_final(NativeTransport: type, model: BuiltModel) -> None:
     core = ServingCore()
     transport = NativeTransport(core, "127.0.0.1:0")
     with grpc.insecure_channel(f"127.0.0.1:{transport.port}") as channel:
@@ -80,7 +85,7 @@ def test_health_follows_set_serving_and_shutdown_is_final(model: BuiltModel) -> 
             predict_stub(channel)(pb.PredictionRequest(features=ROW, request_id="k"), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
-        core.set_champion(CompiledModel(str(model.so_path), sha256=model.sha256).capsule(), model.model_id, 0.5)
+        core.set_champion(CompiledModel(str(model.library), sha256=model.sha256), model.model_id, 0.5)
         transport.set_serving(True)
         assert [health_of(channel, s) for s in ("", "FraudDetection")] == [SERVING, SERVING]
         assert predict_stub(channel)(pb.PredictionRequest(features=ROW), timeout=5).model_version == "m_native"
@@ -93,7 +98,7 @@ def test_health_follows_set_serving_and_shutdown_is_final(model: BuiltModel) -> 
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_port_in_use_is_a_clear_error(core: ServingCore) -> None:
+def test_a_port_in_use_is_a_clear_error(NativeTransport: type, core: ServingCore) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -101,7 +106,7 @@ def test_a_port_in_use_is_a_clear_error(core: ServingCore) -> None:
             NativeTransport(core, f"127.0.0.1:{taken.getsockname()[1]}")
 
 
-def test_stream_with_many_messages_in_flight_answers_each_in_order(core: ServingCore) -> None:
+def test_stream_with_many_messages_in_flight_answers_each_in_order(NativeTransport: type, core: ServingCore) -> None:
     """The client writes 3,000 messages without waiting; with a reply window of 4 the server pauses reading
     while replies queue, and every reply still comes back once, in order, with its request_id."""
     transport = NativeTransport(core, "127.0.0.1:0", stream_window=4)
@@ -120,7 +125,7 @@ def test_stream_with_many_messages_in_flight_answers_each_in_order(core: Serving
         transport.shutdown(0)
 
 
-def test_shutdown_lets_an_in_flight_stream_finish(core: ServingCore) -> None:
+def test_shutdown_lets_an_in_flight_stream_finish(NativeTransport: type, core: ServingCore) -> None:
     transport = NativeTransport(core, "127.0.0.1:0")
     started = threading.Event()
 
@@ -160,7 +165,7 @@ def tls_predict(port: int, trust: bytes, client: tuple[bytes, bytes] | None = No
         return predict_stub(channel)(pb.PredictionRequest(features=ROW), timeout=5).model_version
 
 
-def test_tls_and_mutual_tls(core: ServingCore, pki: Pki) -> None:
+def test_tls_and_mutual_tls(NativeTransport: type, core: ServingCore, pki: Pki) -> None:
     tls = ServerTLS.from_files(str(pki.server.cert_file), str(pki.server.key_file))
     transport = NativeTransport(core, "127.0.0.1:0", tls=tls)
     try:
@@ -183,8 +188,8 @@ def test_tls_and_mutual_tls(core: ServingCore, pki: Pki) -> None:
         transport.shutdown(0)
 
 
-def test_transport_names() -> None:
-    assert resolve_transport("auto") == "native"  # built here (importorskip above)
+def test_transport_names(NativeTransport: type) -> None:
+    assert resolve_transport("auto") == "native"  # built here (the NativeTransport fixture)
     assert resolve_transport("NATIVE") == "native"
     assert resolve_transport("grpcio") == "grpcio"
     with pytest.raises(UsageError, match="unknown transport 'quic': use native, grpcio or auto"):

@@ -14,8 +14,8 @@ import asyncpg
 import numpy as np
 import pandas as pd
 import pytest
+from model_factory import BuiltModel, register_compiled, served_model
 from server_harness import Client, running_server, wait_until
-from serving_models import BuiltModel, build_model, register_compiled
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
 from ml_pipeline.cli import main
@@ -51,6 +51,7 @@ def records(n: int, start: int = 0) -> list[Record]:
     ]
 
 
+@pytest.mark.unit
 def test_json_lines_round_trip_through_the_ab_reader(tmp_path: Path) -> None:
     path = tmp_path / "log" / "predictions.jsonl"
     plog = PredictionLog(JsonLinesSink(path), batch_size=50).start()
@@ -63,6 +64,7 @@ def test_json_lines_round_trip_through_the_ab_reader(tmp_path: Path) -> None:
     assert first["request_id"] == "ALR-000000" and first["time"].endswith("+00:00") and first["decision"] is True
 
 
+@pytest.mark.unit
 def test_json_lines_rotate_by_size_and_keep_the_backups(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     sink = JsonLinesSink(path, max_bytes=2_000, backups=2)
@@ -75,12 +77,14 @@ def test_json_lines_rotate_by_size_and_keep_the_backups(tmp_path: Path) -> None:
     assert ids == sorted(ids) and ids[-1] == "ALR-000399"  # oldest rotated file first, newest rows last
 
 
+@pytest.mark.unit
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
     plog = PredictionLog(JsonLinesSink(tmp_path / "p.jsonl"), capacity=10)  # writer not started: nothing drains
     assert plog.submit(records(25)) == 10
     assert plog.counts["dropped_queue_full"] == 15
 
 
+@pytest.mark.unit
 def test_a_full_disk_drops_and_counts(tmp_path: Path) -> None:
     plog = PredictionLog(JsonLinesSink("/dev/full"), batch_size=10).start()  # every write fails with ENOSPC
     assert plog.submit(records(30)) == 30
@@ -89,6 +93,7 @@ def test_a_full_disk_drops_and_counts(tmp_path: Path) -> None:
     assert plog.counts["written"] == 0
 
 
+@pytest.mark.unit
 def test_open_sink_refuses_an_unknown_target() -> None:
     with pytest.raises(UsageError, match="file:PATH"):
         open_sink("s3://bucket/log")
@@ -102,6 +107,7 @@ async def _rows(dsn: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
+@pytest.mark.integration
 def test_postgres_sink_copies_batches(pg_dsn: str) -> None:
     plog = PredictionLog(open_sink(pg_dsn), batch_size=40).start()
     plog.submit(records(100))
@@ -111,6 +117,7 @@ def test_postgres_sink_copies_batches(pg_dsn: str) -> None:
     assert len(load_predictions(pg_dsn)) == 100
 
 
+@pytest.mark.integration
 def test_an_unreachable_database_drops_and_counts() -> None:
     sink = PostgresSink("postgresql://postgres@127.0.0.1:1/none", connect_timeout=0.5, retry_seconds=0.2)
     plog = PredictionLog(sink, batch_size=10).start()
@@ -130,6 +137,7 @@ async def _lock_table(dsn: str, locked: asyncio.Event, release: asyncio.Event) -
         await conn.close()
 
 
+@pytest.mark.integration
 def test_a_stalled_database_fills_the_queue_then_catches_up(pg_dsn: str) -> None:
     plog = PredictionLog(open_sink(pg_dsn), capacity=50, batch_size=10).start()
     plog.submit(records(10))
@@ -158,19 +166,16 @@ def test_a_stalled_database_fills_the_queue_then_catches_up(pg_dsn: str) -> None
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltModel, BuiltModel]:
+def models() -> tuple[BuiltModel, BuiltModel]:
     """Two real compiled models (champion, challenger)."""
-    folder = tmp_path_factory.mktemp("ring")
-    return build_model(folder, "log-a", seed=1), build_model(folder, "log-b", seed=2)
+    return served_model("log-a", seed=1), served_model("log-b", seed=2)
 
 
 def _core(models: tuple[BuiltModel, BuiltModel], challenger_share: float) -> tuple[ServingCore, list[CompiledModel]]:
-    loaded = [CompiledModel(str(m.so_path), m.sha256, m.model_id) for m in models]
+    loaded = [CompiledModel(str(m.library), m.sha256, m.model_id) for m in models]
     core = ServingCore()
-    core.set_champion(loaded[0].capsule(), "log-a", 0.5)
-    core.set_challenger(
-        loaded[1].capsule(), "log-b", 0.5, TrafficSplitter(1 - challenger_share, challenger_share).challenger_cut
-    )
+    core.set_champion(loaded[0], "log-a", 0.5)
+    core.set_challenger(loaded[1], "log-b", 0.5, TrafficSplitter(1 - challenger_share, challenger_share).challenger_cut)
     return core, loaded
 
 
@@ -178,6 +183,7 @@ def _request(request_id: str, value: float = 0.5) -> bytes:
     return pb.PredictionRequest(features=[value] * 8, request_id=request_id).SerializeToString()
 
 
+@pytest.mark.integration
 def test_core_ring_records_each_prediction_and_drops_when_full(models: tuple[BuiltModel, BuiltModel]) -> None:
     core, _ = _core(models, 0.5)
     assert core.drain_log(10) == []  # off by default
@@ -199,6 +205,7 @@ def test_core_ring_records_each_prediction_and_drops_when_full(models: tuple[Bui
     assert [r[1] for r in core.drain_log(100)] == [f"burst-{i}" for i in range(16)]
 
 
+@pytest.mark.integration
 def test_core_ring_under_concurrent_writers(models: tuple[BuiltModel, BuiltModel]) -> None:
     core, _ = _core(models, 0.0)
     core.enable_log(1 << 12)
@@ -236,6 +243,7 @@ def test_core_ring_under_concurrent_writers(models: tuple[BuiltModel, BuiltModel
         assert mine == sorted(mine, key=lambda x: int(x.split("-")[1]))
 
 
+@pytest.mark.e2e
 def test_server_logs_predictions_to_a_file_and_ab_report_reads_them(
     models: tuple[BuiltModel, BuiltModel], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -271,6 +279,7 @@ def test_server_logs_predictions_to_a_file_and_ab_report_reads_them(
     assert verdict.startswith(("challenger better", "challenger worse", "not yet significant — needs about"))
 
 
+@pytest.mark.e2e
 def test_an_unreachable_log_database_never_fails_predict(models: tuple[BuiltModel, BuiltModel], tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "registry")
     register_compiled(registry, models[0])
@@ -291,6 +300,7 @@ def test_an_unreachable_log_database_never_fails_predict(models: tuple[BuiltMode
         wait_until(lambda: dropped() == 200)
 
 
+@pytest.mark.e2e
 def test_a_log_file_that_cannot_be_opened_is_one_clear_error(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "registry")
     blocker = tmp_path / "not-a-dir"

@@ -1,7 +1,7 @@
 """End to end: a real Prometheus server (Debian's package) scrapes a running inference server on 127.0.0.1 every
 second; the series are read back through Prometheus's HTTP API, and the alert rules load into it.
 
-Done-when of issue 7: traffic with exactly one shifted feature makes ml_feature_drift high for that feature
+What it shows: traffic with exactly one shifted feature makes ml_feature_drift high for that feature
 only (PSI >= 0.25 there, < 0.1 elsewhere), as Prometheus sees it.
 """
 
@@ -24,6 +24,8 @@ from server_harness import Client, running_server
 from ml_pipeline.data.features import FEATURE_NAMES
 from ml_pipeline.inference_server import InferenceServer
 from ml_pipeline.monitoring.serving import MonitoringSettings
+
+pytestmark = pytest.mark.e2e
 
 ALERTS = Path(__file__).resolve().parents[1] / "monitoring/prometheus/alerts.yml"
 SHIFTED = 3  # international_ratio
@@ -127,7 +129,7 @@ def by_label(result: list[dict], label: str) -> dict[str, float]:
     return {r["metric"].get(label, ""): float(r["value"][1]) for r in result}
 
 
-def test_prometheus_scrapes_the_issue_metrics(scraped: tuple[Prometheus, InferenceServer]) -> None:
+def test_prometheus_scrapes_the_served_metrics(scraped: tuple[Prometheus, InferenceServer]) -> None:
     prometheus, _ = scraped
     prometheus.wait_for(
         lambda: by_label(prometheus.query("ml_predictions_total"), "model_version").get("drift-champion") == ROWS,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from registry_support import write_training_output
+from model_factory import training_output
 
 from ml_pipeline.errors import JobFailed, UsageError
 from ml_pipeline.model_registry import (
@@ -18,12 +18,14 @@ from ml_pipeline.model_registry import (
 )
 from ml_pipeline.model_registry.registry import default_actor
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Four real training output folders (tiny XGBoost models), shared by the tests of this module."""
     root = tmp_path_factory.mktemp("training")
-    return {f"m{i}": write_training_output(root / f"m{i}", f"xgboost_v{i}", seed=i) for i in range(1, 5)}
+    return {f"m{i}": training_output(root / f"m{i}", f"xgboost_v{i}", seed=i) for i in range(1, 5)}
 
 
 @pytest.fixture

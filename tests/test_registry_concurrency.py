@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
@@ -12,35 +13,51 @@ import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from registry_support import write_training_output
+from model_factory import training_output
 
+from ml_pipeline.compiler import compile_model
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 from ml_pipeline.model_registry.storage import PAUSE_ENV
+
+pytestmark = pytest.mark.integration
 
 WORKERS, MODELS_EACH = 4, 5
 
 
 @pytest.fixture(scope="module")
 def output(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_training_output(tmp_path_factory.mktemp("training") / "out", "xgboost_v1", rounds=2)
+    return training_output(tmp_path_factory.mktemp("training") / "out", "xgboost_v1", rounds=2)
 
 
-def _register_and_promote(root: str, output: str, worker: int) -> None:
+@pytest.fixture(scope="module")
+def library(output: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One verified library of the training output's model, recorded for every model id of these tests, so
+    promotion (which compiles a model without a verified library) has nothing to compile: these tests are
+    about the registry's writes, not the compiler."""
+    compiled = compile_model(output / "model.json", tmp_path_factory.mktemp("lib"), "shared", profile_guided=False)
+    return compiled.registry_record().to_dict()
+
+
+def _register_and_promote(root: str, output: str, worker: int, library: dict[str, Any]) -> None:
     registry = ModelRegistry(root)
     base = ModelMetadata.from_training_output(output)
     for j in range(MODELS_EACH):
         model_id = f"w{worker}_m{j}"
         registry.register_model(Path(output) / "model.json", replace(base, model_id=model_id), actor=f"worker{worker}")
+        registry.record_compiled(model_id, library, actor=f"worker{worker}")
         registry.approve_model(model_id, actor=f"worker{worker}")
         registry.promote_to_champion(model_id, actor=f"worker{worker}")
 
 
-def test_concurrent_writers_lose_nothing(tmp_path, output):
+def test_concurrent_writers_lose_nothing(tmp_path, output, library):
     root = tmp_path / "registry"
     context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_register_and_promote, args=(str(root), str(output), w)) for w in range(WORKERS)]
+    workers = [
+        context.Process(target=_register_and_promote, args=(str(root), str(output), w, library)) for w in range(WORKERS)
+    ]
     for p in workers:
         p.start()
     for p in workers:
@@ -70,6 +87,7 @@ def test_concurrent_writers_lose_nothing(tmp_path, output):
 
 WRITER = textwrap.dedent(
     """
+    import json
     import sys
     from dataclasses import replace
     from pathlib import Path
@@ -81,6 +99,7 @@ WRITER = textwrap.dedent(
         out = Path(sys.argv[4])
         meta = replace(ModelMetadata.from_training_output(out), model_id=model_id)
         registry.register_model(out / "model.json", meta)
+        registry.record_compiled(model_id, json.loads(sys.argv[5]))
     elif action == "approve":
         registry.approve_model(model_id)
     elif action == "promote":
@@ -110,18 +129,19 @@ def _kill_when_paused(process: subprocess.Popen, marker: Path) -> None:
     assert process.wait(timeout=30) == -signal.SIGKILL
 
 
-def _registry_with_champion(root: Path, output: Path) -> ModelRegistry:
+def _registry_with_champion(root: Path, output: Path, library: dict[str, Any]) -> ModelRegistry:
     registry = ModelRegistry(root)
     base = ModelMetadata.from_training_output(output)
     for model_id in ("a", "b"):
         registry.register_model(output / "model.json", replace(base, model_id=model_id))
+        registry.record_compiled(model_id, library)
         registry.approve_model(model_id)
     registry.promote_to_champion("a")
     return registry
 
 
-def test_writer_killed_before_renaming_serving_json_leaves_previous_state(tmp_path, output):
-    registry = _registry_with_champion(tmp_path / "registry", output)
+def test_writer_killed_before_renaming_serving_json_leaves_previous_state(tmp_path, output, library):
+    registry = _registry_with_champion(tmp_path / "registry", output, library)
     before, history_before = registry.serving_state(), registry.history()
     marker = tmp_path / "paused"
     _kill_when_paused(_writer(registry.root, "promote", "b", pause_at="serving.json", marker=marker), marker)
@@ -134,10 +154,12 @@ def test_writer_killed_before_renaming_serving_json_leaves_previous_state(tmp_pa
     assert not list(registry.root.glob(".serving.json.*.tmp"))
 
 
-def test_writer_killed_before_publishing_a_model_leaves_no_half_model(tmp_path, output):
-    registry = _registry_with_champion(tmp_path / "registry", output)
+def test_writer_killed_before_publishing_a_model_leaves_no_half_model(tmp_path, output, library):
+    registry = _registry_with_champion(tmp_path / "registry", output, library)
     marker = tmp_path / "paused"
-    _kill_when_paused(_writer(registry.root, "register", "c", str(output), pause_at="c", marker=marker), marker)
+    _kill_when_paused(
+        _writer(registry.root, "register", "c", str(output), json.dumps(library), pause_at="c", marker=marker), marker
+    )
 
     assert [m.model_id for m in registry.list_models()] == ["a", "b"]
     assert list((registry.root / ".staging").iterdir())  # the complete copy was waiting to be renamed
@@ -146,8 +168,8 @@ def test_writer_killed_before_publishing_a_model_leaves_no_half_model(tmp_path, 
     assert [p.name for p in (registry.root / ".staging").iterdir()] == []
 
 
-def test_writer_killed_before_renaming_metadata_keeps_the_old_metadata(tmp_path, output):
-    registry = _registry_with_champion(tmp_path / "registry", output)
+def test_writer_killed_before_renaming_metadata_keeps_the_old_metadata(tmp_path, output, library):
+    registry = _registry_with_champion(tmp_path / "registry", output, library)
     registry.register_model(output / "model.json", replace(ModelMetadata.from_training_output(output), model_id="c"))
     marker = tmp_path / "paused"
     _kill_when_paused(_writer(registry.root, "approve", "c", pause_at="metadata.json", marker=marker), marker)
@@ -157,8 +179,8 @@ def test_writer_killed_before_renaming_metadata_keeps_the_old_metadata(tmp_path,
     assert not list(registry.model_dir("c").glob(".metadata.json.*.tmp"))
 
 
-def test_writers_killed_at_random_points_always_leave_a_valid_registry(tmp_path, output):
-    registry = _registry_with_champion(tmp_path / "registry", output)
+def test_writers_killed_at_random_points_always_leave_a_valid_registry(tmp_path, output, library):
+    registry = _registry_with_champion(tmp_path / "registry", output, library)
     rng = random.Random(11)
     generations = [registry.serving_state().generation]
     for _ in range(6):

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ml_pipeline.data.features import FEATURE_NAMES
 from ml_pipeline.training.evaluator import ModelEvaluator
 from ml_pipeline.training.report import CHARTS, write_report
+
+pytestmark = pytest.mark.unit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

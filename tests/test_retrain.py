@@ -23,7 +23,7 @@ from ml_pipeline.retraining.records import RunStatus
 from ml_pipeline.training.evaluator import ModelEvaluator
 from ml_pipeline.training.trainer import ModelTrainer, stratified_split, write_training_output
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 LOOKBACK = 7
 SMALL_MODEL = {"ML_MODEL_N_ESTIMATORS": "40", "ML_MODEL_MAX_DEPTH": "4"}

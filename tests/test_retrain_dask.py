@@ -28,6 +28,7 @@ def dask_scheduler() -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+@pytest.mark.unit
 def test_time_partitions_cover_the_window_without_overlap() -> None:
     start, end = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 8, tzinfo=UTC)
     parts = time_partitions(start, end, 7)
@@ -36,6 +37,7 @@ def test_time_partitions_cover_the_window_without_overlap() -> None:
     assert parts[3] == (datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_a_dask_run_reads_partitions_in_parallel_and_registers_a_candidate(
     pg_dsn: str, dask_scheduler: str, tmp_path: Path
@@ -66,6 +68,7 @@ def test_a_dask_run_reads_partitions_in_parallel_and_registers_a_candidate(
     assert len(sample["y"]) == record.rows["test"]
 
 
+@pytest.mark.integration
 def test_a_dask_run_from_a_file(dask_scheduler: str, tmp_path: Path) -> None:
     data = tmp_path / "alerts.parquet"
     generate_alerts(4_000, days=5, seed=8, settings=CLEAN).to_parquet(data)
@@ -78,6 +81,7 @@ def test_a_dask_run_from_a_file(dask_scheduler: str, tmp_path: Path) -> None:
     assert record.rows["total"] == 4_000 and record.rows["test"] == 800
 
 
+@pytest.mark.integration
 def test_an_unreachable_dask_scheduler_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dask_train, "CONNECT_TIMEOUT_S", 2)
     data = tmp_path / "alerts.parquet"
@@ -93,6 +97,7 @@ def test_an_unreachable_dask_scheduler_fails_the_run(tmp_path: Path, monkeypatch
     assert record.status == "failed" and "cannot reach the Dask scheduler tcp://127.0.0.1:1" in record.reason
 
 
+@pytest.mark.unit
 def test_split_partition_keeps_label_times_with_their_rows() -> None:
     rng = np.random.default_rng(1)
     X = rng.random((500, 8), dtype=np.float32)

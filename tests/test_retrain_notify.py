@@ -18,6 +18,8 @@ from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.retraining import RetrainSettings, RunStore, retrain
 from ml_pipeline.retraining.notify import WebhookNotifier
 
+pytestmark = pytest.mark.integration
+
 
 class Hook:
     """A webhook on 127.0.0.1: answers with the queued statuses (then 200), optionally slowly; keeps bodies."""

@@ -41,6 +41,7 @@ def scheduler(tmp_path: Path, clock: FakeClock, job: Callable[[datetime], object
     return RetrainScheduler(job, "0 2 * * *", "Africa/Lagos", tmp_path / "state", clock=clock, **kwargs)
 
 
+@pytest.mark.unit
 def test_fires_at_two_in_lagos_and_logs_the_next_time(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(datetime(2026, 11, 29, 0, 30, tzinfo=UTC))  # 01:30 WAT
     fired: list[datetime] = []
@@ -55,12 +56,14 @@ def test_fires_at_two_in_lagos_and_logs_the_next_time(tmp_path: Path, caplog: py
     assert (tmp_path / "state" / "slots" / "20261129T0100Z.done").is_file()
 
 
+@pytest.mark.unit
 def test_a_first_start_catches_nothing_up(tmp_path: Path) -> None:
     fired: list[datetime] = []
     s = scheduler(tmp_path, FakeClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC)), fired.append)
     assert s.catch_up() is None and fired == []
 
 
+@pytest.mark.unit
 def test_missed_slots_run_once_on_start(tmp_path: Path) -> None:
     fired: list[datetime] = []
     clock = FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -73,6 +76,7 @@ def test_missed_slots_run_once_on_start(tmp_path: Path) -> None:
     assert scheduler(tmp_path, clock, fired.append).catch_up() is None  # and not again on the next start
 
 
+@pytest.mark.unit
 def test_catch_up_can_be_disabled(tmp_path: Path) -> None:
     fired: list[datetime] = []
     clock = FakeClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -81,6 +85,7 @@ def test_catch_up_can_be_disabled(tmp_path: Path) -> None:
     assert scheduler(tmp_path, clock, fired.append, catch_up=False).catch_up() is None and fired == []
 
 
+@pytest.mark.unit
 def test_two_schedulers_never_run_the_same_slot(tmp_path: Path) -> None:
     slot = datetime(2026, 11, 29, 2, 0, tzinfo=LAGOS)
     clock = FakeClock(slot)
@@ -107,6 +112,7 @@ def test_two_schedulers_never_run_the_same_slot(tmp_path: Path) -> None:
     assert first_runs == [slot] and second_runs == []
 
 
+@pytest.mark.unit
 def test_a_failing_job_does_not_stop_the_scheduler(tmp_path: Path) -> None:
     calls: list[datetime] = []
 
@@ -119,6 +125,7 @@ def test_a_failing_job_does_not_stop_the_scheduler(tmp_path: Path) -> None:
     assert "database on fire" in (tmp_path / "state" / "slots" / "20261129T0100Z.done").read_text()
 
 
+@pytest.mark.integration
 def test_the_scheduler_process_stops_on_sigterm(tmp_path: Path) -> None:
     env = {
         **os.environ,

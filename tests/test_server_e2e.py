@@ -28,31 +28,33 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from model_factory import NUM_FEATURES, BuiltModel, register_compiled, served_model
+from native_support import require_native_transport
 from server_harness import Client, running_server, wait_until
-from serving_models import NUM_FEATURES, BuiltModel, build_model, register_compiled, xgboost_proba
 from wire_support import varint
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
-from ml_pipeline.inference_server.transport import native_unavailable_reason
 from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
+
+pytestmark = pytest.mark.e2e
 
 ROW = [0.3, -1.2, 0.8, 0.1, float("nan"), 2.0, -0.4, 1.1]
 
 
 @pytest.fixture(autouse=True, params=["grpcio", "native"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The transport of every server in the test (harness and subprocesses read ML_INFERENCE_TRANSPORT)."""
-    if request.param == "native" and (reason := native_unavailable_reason()):
-        pytest.skip(reason)
+    """The transport of every server in the test (harness and subprocesses read ML_INFERENCE_TRANSPORT); native
+    fails where gRPC C++ is installed (or in CI) but the extension is not built (tests/native_support.py)."""
+    if request.param == "native":
+        require_native_transport()
     monkeypatch.setenv("ML_INFERENCE_TRANSPORT", request.param)
     return request.param
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuiltModel]:
-    folder = tmp_path_factory.mktemp("e2e_models")
-    return {name: build_model(folder, name, seed) for name, seed in (("m_v1", 1), ("m_v2", 2), ("m_v3", 3))}
+def models() -> dict[str, BuiltModel]:
+    return {name: served_model(name, seed) for name, seed in (("m_v1", 1), ("m_v2", 2), ("m_v3", 3))}
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def metric_value(text: str, name: str) -> float:
 def test_predict_batch_stream_health_reflection_metrics(registry: ModelRegistry, models: dict[str, BuiltModel]) -> None:
     with running_server(registry.root) as server:
         client = Client(server.port)
-        expected = float(xgboost_proba(models["m_v1"], np.array([ROW], dtype=np.float32))[0])
+        expected = float(models["m_v1"].xgboost_proba(np.array([ROW], dtype=np.float32))[0])
         response = client.predict(request("call-1"), timeout=5)
         assert response.model_version == "m_v1"
         assert response.probability == pytest.approx(expected, abs=1e-6)
@@ -238,7 +240,7 @@ def test_hot_swap_under_continuous_load_fails_no_request(
     """Three client threads call without pause while the champion changes four times: zero errors, and every
     answer carries exactly the probability of the model named in model_version."""
     x = np.array([ROW], dtype=np.float32)
-    expected = {name: float(xgboost_proba(model, x)[0]) for name, model in models.items()}
+    expected = {name: float(model.xgboost_proba(x)[0]) for name, model in models.items()}
     stop = threading.Event()
     failures: list[str] = []
     seen: list[str] = []
@@ -278,13 +280,14 @@ def test_tampered_library_is_refused_and_the_old_model_keeps_serving(
     tmp_path: Path, registry: ModelRegistry, models: dict[str, BuiltModel]
 ) -> None:
     tampered = tmp_path / "tampered.so"
-    tampered.write_bytes(models["m_v3"].so_path.read_bytes() + b"\0")
+    tampered.write_bytes(models["m_v3"].library.read_bytes())
     meta = registry.get_model("m_v3")
     registry.record_compiled("m_v3", {**meta.compiled, "path": str(tampered)}, actor="test")
-    with running_server(registry.root) as server:
+    with running_server(registry.root, poll_seconds=3600) as server:
         client = Client(server.port)
-        registry.promote_to_champion("m_v3", actor="test")
-        wait_until(lambda: server.convergence.generation == registry.serving_state().generation)
+        registry.promote_to_champion("m_v3", actor="test")  # verified by the registry...
+        tampered.write_bytes(models["m_v3"].library.read_bytes() + b"\0")  # ...then changed before the server loads it
+        server.convergence.converge()
         assert client.predict(request("after"), timeout=5).model_version == "m_v1"
         text = metrics_text(server.metrics_port)
         assert metric_value(text, 'ml_model_events_total{event="load_failed",slot="champion"}') == 1
@@ -421,12 +424,16 @@ def test_node_client_predicts_with_only_the_proto_file(registry: ModelRegistry) 
 
 def test_cli_serve_with_two_workers_sharing_the_port(registry: ModelRegistry) -> None:
     """`ml-pipeline serve --workers 2`: both processes answer on one port, `ml-pipeline predict` prints an
-    answer, and SIGTERM stops everything with exit code 0."""
+    answer, and SIGTERM stops everything with exit code 0. ML_ENVIRONMENT labels each worker's log lines and
+    its ml_build_info series."""
     cli = str(Path(sys.executable).parent / "ml-pipeline")
     port, metrics = _free_port(), _free_port()
     command = [cli, "serve", "--registry", str(registry.root), "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(
-        [*command, "--metrics-port", str(metrics), "--workers", "2"], stderr=subprocess.PIPE, text=True
+        [*command, "--metrics-port", str(metrics), "--workers", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ML_ENVIRONMENT": "staging-eu"},
     )
     try:
         wait_until(lambda: all(_metrics_up(p) for p in (metrics, metrics + 1)), timeout=60)  # both listening
@@ -436,6 +443,8 @@ def test_cli_serve_with_two_workers_sharing_the_port(registry: ModelRegistry) ->
             client.close()
         answered = [metric_value(metrics_text(p), "ml_model_a_requests_total") for p in (metrics, metrics + 1)]
         assert all(n > 0 for n in answered), answered
+        for p in (metrics, metrics + 1):
+            assert 'ml_build_info{environment="staging-eu"' in metrics_text(p)
         printed = subprocess.run(
             [
                 cli,
@@ -456,4 +465,5 @@ def test_cli_serve_with_two_workers_sharing_the_port(registry: ModelRegistry) ->
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=10)
+        _, logged = process.communicate(timeout=10)
+    assert "INFO [staging-eu] worker-0 " in logged and "INFO [staging-eu] worker-1 " in logged, logged

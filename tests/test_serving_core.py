@@ -9,25 +9,26 @@ import time
 
 import numpy as np
 import pytest
-from serving_models import NUM_FEATURES, BuiltModel, build_model, xgboost_proba
+from model_factory import NUM_FEATURES, BuiltModel, served_model
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
 from ml_pipeline.native.compiled_model import CompiledModel
 from ml_pipeline.native.serving_core import LATENCY_BUCKETS_S, ServingCore, ServingError
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 
+pytestmark = pytest.mark.integration
+
 UNAVAILABLE = 14
 INVALID_ARGUMENT = 3
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltModel, BuiltModel]:
-    folder = tmp_path_factory.mktemp("core")
-    return build_model(folder, "champ_v1", seed=1), build_model(folder, "chall_v2", seed=2)
+def models() -> tuple[BuiltModel, BuiltModel]:
+    return served_model("champ_v1", seed=1), served_model("chall_v2", seed=2)
 
 
 def load(model: BuiltModel) -> CompiledModel:
-    return CompiledModel(str(model.so_path), model.sha256, model.model_id)
+    return CompiledModel(str(model.library), model.sha256, model.model_id)
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:
@@ -56,10 +57,10 @@ def test_without_champion_every_call_is_unavailable(models: tuple[BuiltModel, Bu
 def test_champion_scores_exactly_as_xgboost(models: tuple[BuiltModel, BuiltModel]) -> None:
     champion, _ = models
     core = ServingCore()
-    core.set_champion(load(champion).capsule(), champion.model_id, 0.5)
+    core.set_champion(load(champion), champion.model_id, 0.5)
     x = rows(200)
     got = np.array([predict(core, row).probability for row in x], dtype=np.float32)
-    np.testing.assert_allclose(got, xgboost_proba(champion, x), atol=1e-6)
+    np.testing.assert_allclose(got, champion.xgboost_proba(x), atol=1e-6)
 
 
 def test_threshold_decides_is_fraud(models: tuple[BuiltModel, BuiltModel]) -> None:
@@ -67,7 +68,7 @@ def test_threshold_decides_is_fraud(models: tuple[BuiltModel, BuiltModel]) -> No
     core = ServingCore()
     x = rows(100)
     for threshold in (0.0, 0.3, 1.0):
-        core.set_champion(load(champion).capsule(), champion.model_id, threshold)
+        core.set_champion(load(champion), champion.model_id, threshold)
         for row in x:
             response = predict(core, row)
             assert response.is_fraud == (response.probability >= threshold)
@@ -76,7 +77,7 @@ def test_threshold_decides_is_fraud(models: tuple[BuiltModel, BuiltModel]) -> No
 def test_bad_configuration_is_refused(models: tuple[BuiltModel, BuiltModel]) -> None:
     champion, _ = models
     core = ServingCore()
-    capsule = load(champion).capsule()
+    capsule = load(champion)
     with pytest.raises(ValueError, match="threshold"):
         core.set_champion(capsule, "m", 1.5)
     with pytest.raises(ValueError, match="model id"):
@@ -92,11 +93,11 @@ def test_bad_configuration_is_refused(models: tuple[BuiltModel, BuiltModel]) -> 
 def test_ab_routing_matches_traffic_splitter_over_many_keys(models: tuple[BuiltModel, BuiltModel]) -> None:
     champion, challenger = models
     core = ServingCore()
-    core.set_champion(load(champion).capsule(), champion.model_id, 0.5)
+    core.set_champion(load(champion), champion.model_id, 0.5)
     row = rows(1)[0]
     for share in (0.0, 0.1, 0.5, 1.0):
         splitter = TrafficSplitter(1.0 - share, share)
-        core.set_challenger(load(challenger).capsule(), challenger.model_id, 0.5, splitter.challenger_cut)
+        core.set_challenger(load(challenger), challenger.model_id, 0.5, splitter.challenger_cut)
         keys = [f"req-{i}" for i in range(2000)] + ["", "é", "x" * 300]
         for key in keys[:-3] + keys[-2:]:
             expected = challenger.model_id if splitter.should_use_model_b(key=key) else champion.model_id
@@ -108,8 +109,8 @@ def test_ab_routing_matches_traffic_splitter_over_many_keys(models: tuple[BuiltM
 def test_keyless_requests_are_split_at_random_in_proportion(models: tuple[BuiltModel, BuiltModel]) -> None:
     champion, challenger = models
     core = ServingCore()
-    core.set_champion(load(champion).capsule(), champion.model_id, 0.5)
-    core.set_challenger(load(challenger).capsule(), challenger.model_id, 0.5, TrafficSplitter(0.7, 0.3).challenger_cut)
+    core.set_champion(load(champion), champion.model_id, 0.5)
+    core.set_challenger(load(challenger), challenger.model_id, 0.5, TrafficSplitter(0.7, 0.3).challenger_cut)
     row = rows(1)[0]
     share_b = np.mean([predict(core, row).model_version == challenger.model_id for _ in range(4000)])
     assert 0.25 < share_b < 0.35
@@ -118,8 +119,8 @@ def test_keyless_requests_are_split_at_random_in_proportion(models: tuple[BuiltM
 def test_batch_scores_every_row_in_order_or_none(models: tuple[BuiltModel, BuiltModel]) -> None:
     champion, challenger = models
     core = ServingCore()
-    core.set_champion(load(champion).capsule(), champion.model_id, 0.5)
-    core.set_challenger(load(challenger).capsule(), challenger.model_id, 0.5, TrafficSplitter(0.5, 0.5).challenger_cut)
+    core.set_champion(load(champion), champion.model_id, 0.5)
+    core.set_challenger(load(challenger), challenger.model_id, 0.5, TrafficSplitter(0.5, 0.5).challenger_cut)
     x = rows(300)
     batch = pb.PredictionBatchRequest(
         requests=[pb.PredictionRequest(features=r.tolist(), request_id=f"b{i}") for i, r in enumerate(x)]
@@ -142,7 +143,7 @@ def test_batch_scores_every_row_in_order_or_none(models: tuple[BuiltModel, Built
 def test_batch_limits(models: tuple[BuiltModel, BuiltModel]) -> None:
     champion, _ = models
     core = ServingCore(max_batch_bytes=10_000, max_batch_rows=5)
-    core.set_champion(load(champion).capsule(), champion.model_id, 0.5)
+    core.set_champion(load(champion), champion.model_id, 0.5)
     one = pb.PredictionRequest(features=rows(1)[0].tolist())
     with pytest.raises(ServingError, match="more than 5 rows"):
         core.handle_batch(pb.PredictionBatchRequest(requests=[one] * 6).SerializeToString())
@@ -153,10 +154,8 @@ def test_batch_limits(models: tuple[BuiltModel, BuiltModel]) -> None:
 def test_counters_per_model_and_slot(models: tuple[BuiltModel, BuiltModel]) -> None:
     champion, challenger = models
     core = ServingCore()
-    core.set_champion(load(champion).capsule(), champion.model_id, 0.0)
-    core.set_challenger(
-        load(challenger).capsule(), challenger.model_id, 1.01 - 0.01, TrafficSplitter(0.5, 0.5).challenger_cut
-    )
+    core.set_champion(load(champion), champion.model_id, 0.0)
+    core.set_challenger(load(challenger), challenger.model_id, 1.01 - 0.01, TrafficSplitter(0.5, 0.5).challenger_cut)
     splitter = TrafficSplitter(0.5, 0.5)
     keys = [f"c{i}" for i in range(500)]
     for key in keys:
@@ -187,12 +186,12 @@ def test_swapped_out_model_lives_while_referenced_and_swaps_under_threads(
     gc.collect()
     loaded_before = _loaded_libraries()
     core = ServingCore()
-    core.set_champion(load(champion).capsule(), champion.model_id, 0.5)
+    core.set_champion(load(champion), champion.model_id, 0.5)
     gc.collect()  # the CompiledModel and its capsule are gone: the core's own reference keeps the model
     x = rows(50, seed=9)
     expected = {
-        champion.model_id: xgboost_proba(champion, x),
-        challenger.model_id: xgboost_proba(challenger, x),
+        champion.model_id: champion.xgboost_proba(x),
+        challenger.model_id: challenger.xgboost_proba(x),
     }
     raw = [request(row) for row in x]
     failures: list[str] = []
@@ -215,7 +214,7 @@ def test_swapped_out_model_lives_while_referenced_and_swaps_under_threads(
         t.start()
     for i in range(200):
         model = challenger if i % 2 == 0 else champion
-        core.set_champion(load(model).capsule(), model.model_id, 0.5)
+        core.set_champion(load(model), model.model_id, 0.5)
     stop.set()
     for t in threads:
         t.join()
@@ -235,7 +234,7 @@ def test_huge_request_ids_fit_the_response(models: tuple[BuiltModel, BuiltModel]
     """Request ids of hundreds of kilobytes (long length prefixes) are echoed intact in batch and stream."""
     champion, _ = models
     core = ServingCore(max_request_bytes=1 << 20)
-    core.set_champion(load(champion).capsule(), "m" * 127, 0.5)
+    core.set_champion(load(champion), "m" * 127, 0.5)
     row = rows(1)[0].tolist()
     keys = ["k" * 300_000, "é" * 100_000, ""]
     batch = pb.PredictionBatchRequest(requests=[pb.PredictionRequest(features=row, request_id=k) for k in keys])

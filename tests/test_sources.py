@@ -39,6 +39,7 @@ def in_window(frame: pd.DataFrame) -> pd.DataFrame:
 # ---- files ----
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_file_round_trip(tmp_path: Path, suffix: str) -> None:
     frame = generate_alerts(3_000, seed=2)
@@ -52,6 +53,7 @@ def test_file_round_trip(tmp_path: Path, suffix: str) -> None:
     assert (loaded["labelled_at"] == frame["labelled_at"]).all()
 
 
+@pytest.mark.unit
 def test_file_lookback_keeps_only_recent_labels(tmp_path: Path) -> None:
     frame = alerts_clear_of_the_boundary(4_000)
     path = tmp_path / "alerts.parquet"
@@ -62,6 +64,7 @@ def test_file_lookback_keeps_only_recent_labels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded[FEATURE_NAMES].to_numpy(), expected[FEATURE_NAMES].to_numpy())
 
 
+@pytest.mark.unit
 def test_file_lookback_needs_label_times(tmp_path: Path) -> None:
     path = tmp_path / "alerts.csv"
     generate_alerts(200).drop(columns="labelled_at").to_csv(path, index=False)
@@ -69,12 +72,14 @@ def test_file_lookback_needs_label_times(tmp_path: Path) -> None:
         load_training_data(str(path), lookback_days=3)
 
 
+@pytest.mark.unit
 def test_file_without_label_times_loads_without_lookback(tmp_path: Path) -> None:
     path = tmp_path / "alerts.csv"
     generate_alerts(200)[[*FEATURE_NAMES, LABEL]].to_csv(path, index=False)
     assert list(load_training_data(str(path)).columns) == [*FEATURE_NAMES, LABEL]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -92,6 +97,7 @@ def test_bad_file_content_gives_one_clear_error(tmp_path: Path, change, message:
         load_training_data(str(path))
 
 
+@pytest.mark.unit
 def test_unknown_file_type_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "alerts.json").write_text("{}")
     with pytest.raises(UsageError, match="unknown file type '.json'"):
@@ -100,6 +106,7 @@ def test_unknown_file_type_and_missing_file(tmp_path: Path) -> None:
         load_training_data(str(tmp_path / "absent.csv"))
 
 
+@pytest.mark.unit
 def test_redact_dsn_drops_every_password() -> None:
     assert redact_dsn("postgresql://u:secret@h:5433/db") == "postgresql://u@h:5433/db"
     assert redact_dsn("postgresql://u@h/db?password=secret&sslmode=require") == "postgresql://u@h/db?sslmode=require"
@@ -108,6 +115,7 @@ def test_redact_dsn_drops_every_password() -> None:
     assert describe_source("a.csv") == f"file:{Path('a.csv').resolve()}"
 
 
+@pytest.mark.unit
 def test_data_window_from_label_times() -> None:
     frame = generate_alerts(100, end=datetime(2026, 1, 2, tzinfo=UTC))
     window = data_window("postgresql://u:pw@h/db", 3, frame)
@@ -120,6 +128,7 @@ def test_data_window_from_label_times() -> None:
 # ---- PostgreSQL (real server) ----
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_postgres_round_trip_respects_the_lookback_exactly(pg_dsn: str) -> None:
     frame = alerts_clear_of_the_boundary(6_000)
@@ -132,6 +141,7 @@ def test_postgres_round_trip_respects_the_lookback_exactly(pg_dsn: str) -> None:
     assert loaded[FEATURE_NAMES].isna().to_numpy().sum() == expected[FEATURE_NAMES].isna().to_numpy().sum() > 0
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_postgres_streams_more_rows_than_one_chunk_with_a_custom_query(pg_dsn: str) -> None:
     frame = generate_alerts(45_000, days=5, seed=4)
@@ -143,6 +153,7 @@ def test_postgres_streams_more_rows_than_one_chunk_with_a_custom_query(pg_dsn: s
     np.testing.assert_array_equal(loaded[FEATURE_NAMES].to_numpy(), frame[FEATURE_NAMES].to_numpy())
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_lookback_is_a_bound_parameter(pg_dsn: str) -> None:
     write_alerts_to_postgres(pg_dsn, generate_alerts(500, days=10))
@@ -154,6 +165,7 @@ def test_lookback_is_a_bound_parameter(pg_dsn: str) -> None:
         load_training_data(pg_dsn, lookback_days=7, query=query)
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_empty_window_is_a_failed_job(pg_dsn: str) -> None:
     write_alerts_to_postgres(pg_dsn, generate_alerts(300, days=5, end=datetime.now(UTC) - timedelta(days=40)))
@@ -161,12 +173,14 @@ def test_empty_window_is_a_failed_job(pg_dsn: str) -> None:
         load_training_data(pg_dsn, lookback_days=7)
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_missing_table_says_how_to_create_it(pg_dsn: str) -> None:
     with pytest.raises(UsageError, match="labelled_alerts.*demo-data --to DSN"):
         load_training_data(pg_dsn, lookback_days=7)
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_query_without_a_feature_names_the_missing_column(pg_dsn: str) -> None:
     write_alerts_to_postgres(pg_dsn, generate_alerts(300))
@@ -177,12 +191,14 @@ def test_query_without_a_feature_names_the_missing_column(pg_dsn: str) -> None:
         load_training_data(pg_dsn, lookback_days=7, query=query)
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_broken_query_points_at_the_setting(pg_dsn: str) -> None:
     with pytest.raises(UsageError, match="ML_TRAINING_QUERY"):
         load_training_data(pg_dsn, lookback_days=7, query="SELEC nonsense WHERE $1")
 
 
+@pytest.mark.integration
 @pytest.mark.postgres
 def test_loading_the_same_alerts_twice_is_refused(pg_dsn: str) -> None:
     frame = generate_alerts(100, seed=9)
@@ -191,6 +207,7 @@ def test_loading_the_same_alerts_twice_is_refused(pg_dsn: str) -> None:
         write_alerts_to_postgres(pg_dsn, frame)
 
 
+@pytest.mark.unit
 def test_unreachable_database_is_a_failed_job_without_the_password() -> None:
     with pytest.raises(JobFailed) as caught:
         load_training_data("postgresql://trainer:hunter2@127.0.0.1:1/voxguard", lookback_days=7)
@@ -198,6 +215,7 @@ def test_unreachable_database_is_a_failed_job_without_the_password() -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.unit
 def test_malformed_dsn_is_bad_usage() -> None:
-    with pytest.raises(UsageError, match="invalid database DSN"):
+    with pytest.raises(UsageError, match="invalid DSN for the training database"):
         load_training_data("postgresql://u@127.0.0.1:notaport/db", lookback_days=7)

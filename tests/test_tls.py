@@ -63,10 +63,12 @@ def tls_channel(port: int, trust: Pem, client: Pem | None = None) -> grpc.Channe
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.unit
 def test_plaintext_without_tls_variables() -> None:
     assert ServerTLS.from_env({}) is None
 
 
+@pytest.mark.unit
 def test_tls_and_mutual_tls_from_the_environment(pki: Pki) -> None:
     tls = ServerTLS.from_env(tls_env(pki))
     assert tls is not None and not tls.mutual and tls.certificate_chain == pki.server.cert
@@ -75,6 +77,7 @@ def test_tls_and_mutual_tls_from_the_environment(pki: Pki) -> None:
     assert "PRIVATE" not in repr(mutual)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("drop", "message"),
     [
@@ -89,17 +92,20 @@ def test_certificate_and_key_go_together(pki: Pki, drop: str, message: str) -> N
         ServerTLS.from_env(env)
 
 
+@pytest.mark.unit
 def test_client_ca_alone_is_refused(pki: Pki) -> None:
     with pytest.raises(ConfigError, match="ML_TLS_CLIENT_CA_FILE .* also needs ML_TLS_CERT_FILE"):
         ServerTLS.from_env({"ML_TLS_CLIENT_CA_FILE": str(pki.ca.cert_file)})
 
 
+@pytest.mark.unit
 def test_unreadable_file_is_named(pki: Pki, tmp_path: Path) -> None:
     env = tls_env(pki) | {"ML_TLS_KEY_FILE": str(tmp_path / "missing.key")}
     with pytest.raises(ConfigError, match=r"ML_TLS_KEY_FILE=.*missing\.key cannot be read"):
         ServerTLS.from_env(env)
 
 
+@pytest.mark.unit
 def test_file_that_is_not_pem_is_named(pki: Pki, tmp_path: Path) -> None:
     garbage = tmp_path / "ca.txt"
     garbage.write_text("not a certificate\n")
@@ -108,12 +114,14 @@ def test_file_that_is_not_pem_is_named(pki: Pki, tmp_path: Path) -> None:
         ServerTLS.from_env(env)
 
 
+@pytest.mark.unit
 def test_key_of_another_certificate_is_refused(pki: Pki) -> None:
     env = tls_env(pki) | {"ML_TLS_KEY_FILE": str(pki.client.key_file)}
     with pytest.raises(ConfigError, match=r"ML_TLS_KEY_FILE=.*client\.key cannot be used with the certificate"):
         ServerTLS.from_env(env)
 
 
+@pytest.mark.unit
 def test_encrypted_key_is_refused(pki: Pki, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
@@ -131,6 +139,7 @@ def test_encrypted_key_is_refused(pki: Pki, tmp_path: Path) -> None:
         ServerTLS.from_env(env)
 
 
+@pytest.mark.e2e
 def test_tls_end_to_end(pki: Pki) -> None:
     with health_server(ServerTLS.from_env(tls_env(pki))) as port:
         assert check_health(tls_channel(port, trust=pki.ca)) == SERVING
@@ -142,6 +151,7 @@ def test_tls_end_to_end(pki: Pki) -> None:
         assert untrusted.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.e2e
 def test_mutual_tls_end_to_end(pki: Pki) -> None:
     with health_server(ServerTLS.from_env(tls_env(pki, mutual=True))) as port:
         assert check_health(tls_channel(port, trust=pki.ca, client=pki.client)) == SERVING

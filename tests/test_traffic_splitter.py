@@ -1,4 +1,4 @@
-"""Hash routing (contract C): known vectors, determinism, share accuracy, minimal movement; GradualRollout."""
+"""Hash routing (as the native core): known vectors, determinism, share accuracy, minimal movement; GradualRollout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from registry_support import write_training_output
+from model_factory import training_output
 
 from ml_pipeline.ab_testing.traffic_splitter import (
     HASH_SPACE,
@@ -21,7 +21,7 @@ from ml_pipeline.ab_testing.traffic_splitter import (
 from ml_pipeline.errors import UsageError
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 
-# (key, route_hash) pairs the native core (native/vg_route.h) must reproduce bit for bit.
+# (key, route_hash) pairs the native core (native/src/route.h) must reproduce bit for bit.
 KNOWN_VECTORS = [
     ("a", 3320656311),
     ("req-1", 3708133765),
@@ -32,16 +32,18 @@ KNOWN_VECTORS = [
     ("", 0),
 ]
 KEYS = [f"req-{i}" for i in range(100_000)]
-ROUTE_HEADER = Path(__file__).resolve().parents[1] / "native" / "vg_route.h"
+ROUTE_HEADER = Path(__file__).resolve().parents[1] / "native" / "src" / "route.h"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("key", "expected"), KNOWN_VECTORS)
 def test_route_hash_known_vectors(key, expected):
     assert route_hash(key) == expected
     assert route_hash(key.encode("utf-8")) == expected
 
 
-@pytest.mark.skipif(not ROUTE_HEADER.exists() or shutil.which("gcc") is None, reason="native/vg_route.h or gcc absent")
+@pytest.mark.integration
+@pytest.mark.skipif(not ROUTE_HEADER.exists() or shutil.which("gcc") is None, reason="native/src/route.h or gcc absent")
 def test_native_route_hash_agrees_bit_for_bit(tmp_path):
     """Compile the native core's hash with gcc and compare it with route_hash on random binary and text keys."""
     program = tmp_path / "route.c"
@@ -61,6 +63,7 @@ def test_native_route_hash_agrees_bit_for_bit(tmp_path):
     assert [int(v) for v in out.stdout.split()] == [route_hash(k) for k in keys]
 
 
+@pytest.mark.unit
 def test_challenger_cut_bounds():
     assert (challenger_cut(0.0), challenger_cut(0.5), challenger_cut(1.0)) == (0, 1 << 31, HASH_SPACE)
     assert challenger_cut(0.1) == round(0.1 * HASH_SPACE)
@@ -72,6 +75,7 @@ def test_challenger_cut_bounds():
     assert not any(nothing.should_use_model_b(k) for k, _ in KNOWN_VECTORS)
 
 
+@pytest.mark.unit
 def test_routing_is_deterministic_and_follows_the_cut():
     first, second = TrafficSplitter(0.7, 0.3), TrafficSplitter(0.7, 0.3)
     assert first.challenger_cut == challenger_cut(0.3)
@@ -82,6 +86,7 @@ def test_routing_is_deterministic_and_follows_the_cut():
         assert first.should_use_model_b(key.encode()) == first.should_use_model_b(key)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("share", [0.01, 0.1, 0.25, 0.5, 0.9])
 def test_share_accuracy_over_100k_keys(share):
     splitter = TrafficSplitter(1 - share, share)
@@ -90,6 +95,7 @@ def test_share_accuracy_over_100k_keys(share):
     assert abs(observed - share) < tolerance
 
 
+@pytest.mark.unit
 def test_raising_the_share_moves_only_the_keys_between_the_cuts():
     splitter = TrafficSplitter(0.9, 0.1)
     before = [splitter.should_use_model_b(k) for k in KEYS]
@@ -104,6 +110,7 @@ def test_raising_the_share_moves_only_the_keys_between_the_cuts():
     assert [splitter.should_use_model_b(k) for k in KEYS] == before
 
 
+@pytest.mark.unit
 def test_split_validation():
     for a, b in ((0.5, 0.6), (1.2, -0.2), (0.9, "0.1")):
         with pytest.raises(UsageError):
@@ -115,6 +122,7 @@ def test_split_validation():
     assert splitter.model_b_traffic == 0.1
 
 
+@pytest.mark.unit
 def test_without_a_key_routing_is_random_at_the_share():
     rng = random.Random(3)
     splitter = TrafficSplitter(0.75, 0.25, rng=rng.random)
@@ -122,6 +130,7 @@ def test_without_a_key_routing_is_random_at_the_share():
     assert abs(observed - 0.25) < 5 * (0.25 * 0.75 / 20_000) ** 0.5
 
 
+@pytest.mark.unit
 def test_statistics_are_exact_under_threads():
     splitter = TrafficSplitter(0.5, 0.5)
     expected_b = sum(route_hash(k) < splitter.challenger_cut for k in KEYS[:20_000])
@@ -142,21 +151,23 @@ def test_statistics_are_exact_under_threads():
     assert splitter.get_statistics()["total_requests"] == 0
 
 
+@pytest.mark.unit
 def test_gradual_rollout_steps_up_to_max_and_rolls_back():
     rollout = GradualRollout(initial_traffic=0.1, step_percentage=0.2, max_traffic=0.5)
     assert rollout.get_current_split() == (0.9, 0.1) and not rollout.is_complete()
-    assert rollout.increase_traffic() == (0.7, 0.3)
-    assert rollout.increase_traffic() == (0.5, 0.5) and rollout.is_complete()
-    assert rollout.increase_traffic() == (0.5, 0.5)
+    assert rollout.increase_traffic() == 0.3 and rollout.get_current_split() == (0.7, 0.3)
+    assert rollout.increase_traffic() == 0.5 and rollout.is_complete()
+    assert rollout.increase_traffic() == 0.5 and rollout.get_current_split() == (0.5, 0.5)
     assert rollout.splitter().model_b_traffic == 0.5
     assert rollout.rollback() == (1.0, 0.0) and not rollout.is_complete()
     with pytest.raises(UsageError, match="rolled back"):
         rollout.increase_traffic()
     full = GradualRollout()
-    shares = [full.increase_traffic()[1] for _ in range(12)]
+    shares = [full.increase_traffic() for _ in range(12)]
     assert shares[:9] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0] and shares[-1] == 1.0 and full.is_complete()
 
 
+@pytest.mark.unit
 def test_gradual_rollout_validation():
     with pytest.raises(UsageError, match="exceeds max_traffic"):
         GradualRollout(initial_traffic=0.6, max_traffic=0.5)
@@ -166,10 +177,11 @@ def test_gradual_rollout_validation():
         GradualRollout(max_traffic=1.5)
 
 
+@pytest.mark.integration
 def test_gradual_rollout_state_round_trips_through_the_registry(tmp_path):
-    registry = ModelRegistry(tmp_path / "registry")
+    registry = ModelRegistry(tmp_path / "registry", compiled_models_dir=tmp_path / "compiled")
     for i in (1, 2):
-        out = write_training_output(tmp_path / f"m{i}", f"xgboost_v{i}", seed=i, rounds=2)
+        out = training_output(tmp_path / f"m{i}", f"xgboost_v{i}", seed=i, rounds=2)
         registry.register_model(out / "model.json", ModelMetadata.from_training_output(out))
         registry.approve_model(f"xgboost_v{i}")
     registry.promote_to_champion("xgboost_v1")
@@ -177,7 +189,8 @@ def test_gradual_rollout_state_round_trips_through_the_registry(tmp_path):
     registry.set_challenger("xgboost_v2", rollout.current_traffic, rollout=rollout.to_dict())
     restored = GradualRollout.from_dict(registry.serving_state().rollout)
     assert restored == rollout
-    registry.set_traffic_split(*restored.increase_traffic(), rollout=restored.to_dict())
+    restored.increase_traffic()
+    registry.set_traffic_split(*restored.get_current_split(), rollout=restored.to_dict())
     state = registry.serving_state()
     assert (state.champion_share, state.challenger_share) == (0.8, 0.2)
     assert GradualRollout.from_dict(state.rollout).current_traffic == 0.2

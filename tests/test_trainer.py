@@ -1,4 +1,4 @@
-"""ModelTrainer: split, early stopping, best-iteration model (evaluated == saved), contract A output."""
+"""ModelTrainer: split, early stopping, best-iteration model (evaluated == saved), the training output folder."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from ml_pipeline.data.sources import data_window
 from ml_pipeline.errors import UsageError
 from ml_pipeline.training.evaluator import ModelEvaluator
 from ml_pipeline.training.trainer import ModelTrainer, write_training_output
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def test_params_and_untrained_use() -> None:
         trainer.get_feature_importance()
 
 
-def test_training_output_follows_contract_a(stopped_early, tmp_path: Path, alerts: pd.DataFrame) -> None:
+def test_training_output_holds_every_recorded_field(stopped_early, tmp_path: Path, alerts: pd.DataFrame) -> None:
     trainer, dtest, _ = stopped_early
     metrics = ModelEvaluator(0.7).evaluate(trainer.splits["test"].y, trainer.predict_from_dmatrix(dtest))
     window = data_window("postgresql://u:pw@db/voxguard", 7, alerts)

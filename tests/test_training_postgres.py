@@ -14,7 +14,7 @@ from ml_pipeline.data.sources import data_window, load_training_data, write_aler
 from ml_pipeline.training.evaluator import ModelEvaluator
 from ml_pipeline.training.trainer import ModelTrainer, write_training_output
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 
 def test_train_from_postgres_passes_the_gate(pg_dsn: str, tmp_path: Path) -> None:

@@ -12,27 +12,29 @@ import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_models import NUM_FEATURES, build_model
+from model_factory import NUM_FEATURES, served_model
 from wire_support import tag, varint
 
 from ml_pipeline.native.compiled_model import CompiledModel
 from ml_pipeline.native.serving_core import ServingCore, ServingError
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 
+pytestmark = pytest.mark.integration
+
 INVALID_ARGUMENT = 3
 ROW = [0.5, -1.0, 2.0, 0.25, float("nan"), 1.5, -0.5, 3.0]
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> CompiledModel:
-    model = build_model(tmp_path_factory.mktemp("wire"), "wire_model", seed=3)
-    return CompiledModel(str(model.so_path), model.sha256, model.model_id)
+def compiled() -> CompiledModel:
+    model = served_model("wire_model", seed=3)
+    return CompiledModel(str(model.library), model.sha256, model.model_id)
 
 
 @pytest.fixture(scope="module")
 def core(compiled: CompiledModel) -> ServingCore:
     core = ServingCore(max_request_bytes=4096)
-    core.set_champion(compiled.capsule(), "wire_model", 0.5)
+    core.set_champion(compiled, "wire_model", 0.5)
     return core
 
 

@@ -1,0 +1,126 @@
+"""Overload on both transports, with the C++ client (bench/native_client.cc `overload` mode), in one run.
+
+For each transport: the throughput with 8 calls in flight (5 s deadlines), then 3 s each of 256 and 1024 calls
+in flight with 5 ms deadlines, then the sequential p50 right after. Budgets that fail the benchmark:
+- every refusal under overload is DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or CANCELLED: nothing is counted as
+  INVALID_ARGUMENT or INTERNAL (a malformed request is the only INVALID_ARGUMENT);
+- after the overload stops, the sequential p50 is back within 1.2x the unloaded p50 within 2 s.
+Reported beside them, with the targets they do not meet yet: answers OK within their deadline per second at 256
+and 1024 in flight as a ratio of the throughput at 8 in flight (target >= 0.8: today the calls queue inside gRPC
+before any handler runs, longer than 5 ms, so every one has expired when admission sees it), and the server's
+RSS growth over the overload (target <= 50 MB).
+Run: `make bench` or `.venv/bin/pytest bench/bench_overload.py -s --benchmark-enable`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from bench_native_transport import programs  # noqa: F401 - the fixture building the C++ client
+from bench_server import _free_port, _production_like_model, _registry_with_champion, _wait_ready
+
+P50_RECOVERY = 1.2
+RECOVERY_SECONDS = 2.0
+RSS_GROWTH_TARGET_MB = 50
+GOODPUT_TARGET = 0.8
+OVERLOAD_SECONDS = 3
+DEADLINE_MS = 5
+ALLOWED_REFUSALS = {"0", "1", "4", "8"}  # OK, CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[str, int]]]:
+    """transport -> (target, pid) of an InferenceServer subprocess serving a production-like model."""
+    folder = tmp_path_factory.mktemp("overload")
+    registry = _registry_with_champion(folder, _production_like_model(folder))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    targets: dict[str, str] = {}
+    for transport in ("native", "grpcio"):
+        port = _free_port()
+        env = {
+            **os.environ,
+            "ML_MODEL_REGISTRY_PATH": str(registry.root),
+            "ML_INFERENCE_HOST": "127.0.0.1",
+            "ML_INFERENCE_PORT": str(port),
+            "ML_METRICS_PORT": str(_free_port()),
+            "ML_INFERENCE_TRANSPORT": transport,
+        }
+        command = [sys.executable, "-m", "ml_pipeline.inference_server"]
+        processes[transport] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        targets[transport] = f"127.0.0.1:{port}"
+    try:
+        for target in targets.values():
+            _wait_ready(target)
+        yield {name: (targets[name], processes[name].pid) for name in targets}
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            process.wait(timeout=30)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _run(client: Path, target: str, *args: object) -> dict:
+    output = subprocess.run([str(client), target, *map(str, args)], capture_output=True, text=True, timeout=120)
+    return json.loads(output.stdout)
+
+
+def _recovery_seconds(client: Path, target: str, unloaded_p50: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < 10:
+        if _run(client, target, "seq", 300)["p50_us"] <= P50_RECOVERY * unloaded_p50:
+            break
+    return time.monotonic() - start
+
+
+def test_overload_refuses_with_honest_codes_and_recovers(
+    programs: dict[str, Path],  # noqa: F811 - the fixture imported above
+    servers: dict[str, tuple[str, int]],
+    bench_report: Callable[[str, str], None],
+) -> None:
+    client = programs["client"]
+    failures: list[str] = []
+    section = f"overload (C++ client, {DEADLINE_MS} ms deadlines, {OVERLOAD_SECONDS} s per load)"
+    for transport, (target, pid) in servers.items():
+        _run(client, target, "seq", 300)
+        unloaded_p50 = _run(client, target, "seq", 2000)["p50_us"]
+        base = _run(client, target, "overload", 8, OVERLOAD_SECONDS, 5000)
+        rss = _rss_mb(pid)
+        loads = {k: _run(client, target, "overload", k, OVERLOAD_SECONDS, DEADLINE_MS) for k in (256, 1024)}
+        grown = _rss_mb(pid) - rss
+        recovered = _recovery_seconds(client, target, unloaded_p50)
+        bench_report(
+            section, f"{transport}: 8 in flight {base['ok_in_time_per_s']:,.0f}/s, p99 {base['p99_us']:.0f} µs"
+        )
+        for k, load in loads.items():
+            ratio = load["ok_in_time_per_s"] / base["ok_in_time_per_s"]
+            bench_report(
+                section,
+                f"{transport}: {k} in flight: OK in time {load['ok_in_time_per_s']:,.0f}/s ({ratio:.2f}x of 8 in "
+                f"flight; target >= {GOODPUT_TARGET}), admitted p99 {load['p99_us']:.0f} µs, codes {load['codes']}",
+            )
+            wrong = set(load["codes"]) - ALLOWED_REFUSALS
+            if wrong:
+                failures.append(f"{transport} at {k} in flight answered codes {sorted(wrong)}")
+        bench_report(
+            section,
+            f"{transport}: RSS +{grown:.0f} MB (target <= {RSS_GROWTH_TARGET_MB}); "
+            f"p50 back within {P50_RECOVERY}x in {recovered:.2f} s",
+        )
+        if recovered > RECOVERY_SECONDS:
+            failures.append(f"{transport}: p50 took {recovered:.1f} s to recover (budget {RECOVERY_SECONDS})")
+    assert not failures, "; ".join(failures)

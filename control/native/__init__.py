@@ -1,1 +1,0 @@
-"""Compiled extensions of the hot path (built from native/ by setup.py)."""
