@@ -1,0 +1,116 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Exact per-feature contributions (path-dependent TreeSHAP) of a model's answers, from its packed trees.
+
+The trees are the ones the compiler packed beside the model's library (ml_pipeline.explain.packing), checked
+by their sha256 like the library; the arithmetic lives in native/src/explain.c and runs without the GIL.
+"""
+
+import hashlib
+
+import numpy as np
+
+cimport numpy as cnp
+
+from ml_pipeline.native.explain_api cimport (
+    vg_forest,
+    vg_forest_bias,
+    vg_forest_contributions,
+    vg_forest_free,
+    vg_forest_load,
+    vg_forest_margin,
+    vg_forest_num_features,
+    vg_forest_num_trees,
+)
+
+from ml_pipeline.errors import JobFailed
+
+cnp.import_array()
+
+cdef enum:
+    ERR_LEN = 512
+
+
+class ExplainerLoadError(JobFailed):
+    """Packed trees could not be loaded: not the packed format, inconsistent, or not the expected sha256."""
+
+
+cdef class TreeExplainer:
+    """Contributions of each feature to a model's margin, for one row or many (`contributions`).
+
+    `TreeExplainer(data, sha256=None)` takes the packed trees' bytes (refused when `sha256` is given and
+    differs); `TreeExplainer.from_file(path, sha256=None)` reads them first."""
+
+    cdef vg_forest *_forest
+    cdef readonly str sha256
+
+    def __cinit__(self, bytes data, str sha256=None):
+        self._forest = NULL
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise ExplainerLoadError(f"packed trees have sha256 {digest}, not the recorded {sha256}")
+        cdef char err[ERR_LEN]
+        err[0] = 0
+        cdef const unsigned char[::1] view = data
+        self._forest = vg_forest_load(&view[0] if len(data) else NULL, len(data), err, ERR_LEN)
+        if self._forest == NULL:
+            raise ExplainerLoadError(err.decode(errors="replace"))
+        self.sha256 = digest
+
+    def __dealloc__(self):
+        vg_forest_free(self._forest)
+
+    @classmethod
+    def from_file(cls, path, sha256=None):
+        """The explainer of the packed trees at `path` (ExplainerLoadError when unreadable or not `sha256`)."""
+        try:
+            with open(path, "rb") as source:
+                data = source.read()
+        except OSError as exc:
+            raise ExplainerLoadError(f"cannot read packed trees {path}: {exc.strerror or exc}") from None
+        return cls(data, sha256)
+
+    @property
+    def num_features(self) -> int:
+        """Features per row."""
+        return vg_forest_num_features(self._forest)
+
+    @property
+    def num_trees(self) -> int:
+        """Trees of the model."""
+        return vg_forest_num_trees(self._forest)
+
+    @property
+    def bias(self) -> float:
+        """The margin with nothing known: the base margin plus each tree's expected value."""
+        return vg_forest_bias(self._forest)
+
+    def _rows(self, rows):
+        array = np.ascontiguousarray(rows, dtype=np.float32)
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.ndim != 2 or array.shape[1] != self.num_features:
+            raise ValueError(f"expected rows of {self.num_features} features, got shape {np.shape(rows)}")
+        return array
+
+    def contributions(self, rows):
+        """(n, num_features + 1) float64: each feature's contribution to the margin, and the bias last;
+        a row's values sum to its margin. `rows` is one row or an (n, num_features) array (NaN = missing)."""
+        cdef const float[:, ::1] data = self._rows(rows)
+        out = np.empty((data.shape[0], data.shape[1] + 1), dtype=np.float64)
+        cdef double[:, ::1] phi = out
+        cdef Py_ssize_t i
+        with nogil:
+            for i in range(data.shape[0]):
+                vg_forest_contributions(self._forest, &data[i, 0], &phi[i, 0])
+        return out
+
+    def margins(self, rows):
+        """(n,) float64: each row's margin (sum of its leaves and the base margin), for checks."""
+        cdef const float[:, ::1] data = self._rows(rows)
+        out = np.empty(data.shape[0], dtype=np.float64)
+        cdef double[::1] margin = out
+        cdef Py_ssize_t i
+        with nogil:
+            for i in range(data.shape[0]):
+                margin[i] = vg_forest_margin(self._forest, &data[i, 0])
+        return out
