@@ -1,10 +1,13 @@
-# syntax=docker/dockerfile:1.7
 # VoxGuard ML pipeline images (docs/operations.md, "Building the image"):
 #   docker build -t voxguard-ml-pipeline .                          the server (runtime stage, no compiler)
 #   docker build --target trainer -t voxguard-ml-pipeline-trainer .  retraining: train, register, compile (gcc)
 #   docker build --build-context registry=models/registry --build-arg COMPILE_MODEL=<model_id> \
 #       -t voxguard-ml-pipeline:<model_id> .                       the server with that model compiled and baked in
 # The build context is an allowlist (.dockerignore): sources only, never data, registries' test rows or secrets.
+# The base is PYTHON_IMAGE: any Debian 12 image with python3 (venv, pip), e.g. one made with debootstrap where no
+# registry is reachable (docs/operations.md; tests/test_container_image.py builds with such a base):
+#   docker build --network host --build-arg PYTHON_IMAGE=voxguard-base:bookworm -t voxguard-ml-pipeline .
+# No `# syntax=` line: the engine's built-in Dockerfile frontend is used, so building pulls no frontend image.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # A model registry to compile from: empty unless `--build-context registry=DIR` replaces this stage.
@@ -16,10 +19,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # gcc/g++ for the Cython/C extensions and the compiled models; gRPC C++ (scripts/install_native_deps.sh) for the
 # native transport. The base image pins the Debian release; exact package versions would break on each update.
+# A base whose python3 is Debian's (PYTHON_IMAGE built from Debian packages) lacks the C headers the python
+# image ships: python3-dev then, in this stage only.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc g++ libc6-dev zlib1g-dev \
         libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev pkg-config \
+    && if [ ! -f "$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" ]; then \
+        apt-get install -y --no-install-recommends python3-dev; fi \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /build/src
 COPY pyproject.toml setup.py README.md ./

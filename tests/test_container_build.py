@@ -15,14 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
-import xgboost as xgb
 from dockerfile_support import DockerIgnore, Stage, stages
+from model_factory import training_output
 
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
@@ -38,6 +36,7 @@ def dockerfile() -> dict[str, Stage]:
     return stages(DOCKERFILE)
 
 
+@pytest.mark.integration
 def test_dockerfile_lints_clean() -> None:
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run(
@@ -57,6 +56,7 @@ def apt_packages(stage: Stage) -> list[str]:
     return packages
 
 
+@pytest.mark.unit
 def test_build_stage_has_the_compilers_and_the_native_transport_packages(dockerfile: dict[str, Stage]) -> None:
     script = (ROOT / "scripts" / "install_native_deps.sh").read_text()
     native = re.search(r"^PACKAGES=\((.*)\)$", script, re.MULTILINE)
@@ -64,6 +64,7 @@ def test_build_stage_has_the_compilers_and_the_native_transport_packages(dockerf
     assert {"gcc", "g++", *native.group(1).split()} <= set(apt_packages(dockerfile["build"]))
 
 
+@pytest.mark.unit
 def test_build_stage_runs_the_build_script(dockerfile: dict[str, Stage]) -> None:
     build = dockerfile["build"]
     assert "deploy/docker/build.sh /build/build.sh" in build.arguments("COPY")
@@ -73,6 +74,7 @@ def test_build_stage_runs_the_build_script(dockerfile: dict[str, Stage]) -> None
     assert any('build.sh model "$COMPILE_MODEL"' in run for run in model.arguments("RUN"))
 
 
+@pytest.mark.unit
 def test_runtime_stage_is_slim_non_root_and_serves(dockerfile: dict[str, Stage]) -> None:
     runtime = list(dockerfile.values())[-1]
     assert runtime.name == "runtime", "the runtime stage must be the last (default) target"
@@ -99,11 +101,13 @@ def healthcheck_command(runtime: Stage) -> list[str]:
     return json.loads(healthcheck.split(" CMD ", 1)[1])
 
 
+@pytest.mark.unit
 def test_build_context_holds_sources_only() -> None:
     files = DockerIgnore(ROOT / ".dockerignore").context_files(ROOT)
     assert {"setup.py", "pyproject.toml", "README.md", "deploy/docker/build.sh"} <= set(files)
-    assert any(f.startswith("native/") and f.endswith(".pyx") for f in files)
-    assert "control/inference_server/__main__.py" in files
+    assert any(f.startswith("native/src/") and f.endswith(".c") for f in files)
+    assert any(f.startswith("control/ml_pipeline/native/") and f.endswith(".pyx") for f in files)
+    assert "control/ml_pipeline/inference_server/__main__.py" in files
     forbidden = re.compile(
         r"(^|/)(\.venv|models|demo_output|compiled_models|tests|build|__pycache__)/"
         r"|\.(csv|parquet|npz|so|o|pem|key|crt|env)$|(^|/)(\.env|id_rsa)"
@@ -122,19 +126,15 @@ def free_port() -> int:
 
 
 def register_champion(registry_path: Path, work: Path) -> str:
-    """A small XGBoost model, registered with a labelled test sample, approved and promoted to champion."""
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(300, 8)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int8)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "nthread": 1}, xgb.DMatrix(x, y), 6)
-    model_json, sample = work / "model.json", work / "test_sample.npz"
-    booster.save_model(model_json)
-    np.savez(sample, X=x[:50], y=y[:50], proba=booster.inplace_predict(x[:50]).astype(np.float32))
+    """A small model's training output (tests/model_factory.py), registered with its labelled test sample,
+    approved and promoted to champion (compiled later, by the build script in the fresh environment)."""
     model_id = "xgboost_v2026.11.29.000000"
+    output = training_output(work / "training", model_id, seed=7)
     registry = ModelRegistry(registry_path)
-    now = datetime.now(UTC).isoformat()
-    meta = ModelMetadata(model_id=model_id, version=model_id, created_at=now, threshold=0.5)
-    registry.register_model(model_json, meta, attachments={"test_sample.npz": sample}, actor="test")
+    meta = ModelMetadata.from_training_output(output)
+    registry.register_model(
+        output / "model.json", meta, attachments={"test_sample.npz": output / "test_sample.npz"}, actor="test"
+    )
     registry.approve_model(model_id, actor="test")
     registry.promote_to_champion(model_id, actor="test")
     return model_id
@@ -149,6 +149,7 @@ def read_only(command: list[str], folders: list[Path]) -> list[str]:
     return ["unshare", "--map-root-user", "--mount", "sh", "-c", f"{mounts} && exec {shlex.join(command)}"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_build_steps_in_a_fresh_virtual_environment(tmp_path: Path, dockerfile: dict[str, Stage]) -> None:
     context = tmp_path / "src"

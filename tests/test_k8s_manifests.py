@@ -1,6 +1,8 @@
 """The Kubernetes manifests in deploy/k8s: every file validates offline against the schemas of a fixed
 Kubernetes version (kubernetes-validate, strict: unknown fields are errors), the kustomization lists them all,
-and the Deployment keeps the promises of the runbook (resources, gRPC probes, drain, read-only models)."""
+the Deployment keeps the promises of the runbook (resources, gRPC probes, drain, read-only models), and what a
+production rollout needs is there: a disruption budget, CPU autoscaling, spreading across nodes, and no Secret
+applied over the one the operators create."""
 
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ import yaml
 
 from ml_pipeline.config import ENV_VARS
 
+pytestmark = pytest.mark.unit
+
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30.0"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")  # applied by kustomize
 ON_DEMAND = sorted(K8S.glob("ops/*.yaml"))  # operator tools, applied by hand
+LOCAL = K8S / "local" / "kustomization.yaml"  # overlay for local clusters: the base plus a generated Secret
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -55,7 +60,7 @@ def test_manifest_validates_against_the_kubernetes_schema(path: Path) -> None:
 
 
 def test_every_yaml_file_is_validated() -> None:
-    assert sorted(K8S.rglob("*.yaml")) == sorted([*MANIFESTS, *ON_DEMAND, K8S / "kustomization.yaml"])
+    assert sorted(K8S.rglob("*.yaml")) == sorted([*MANIFESTS, *ON_DEMAND, K8S / "kustomization.yaml", LOCAL])
 
 
 def test_the_validator_rejects_a_misspelt_field(deployment: dict[str, Any]) -> None:
@@ -72,7 +77,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_deployment_resources_and_rolling_update(deployment: dict[str, Any], container: dict[str, Any]) -> None:
-    assert deployment["spec"]["replicas"] == 3
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the count; apply must not reset it"
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert container["resources"] == {
         "requests": {"cpu": "1", "memory": "2Gi"},
@@ -128,6 +133,59 @@ def test_configuration_holds_known_variables_and_no_secret() -> None:
     assert not [name for name in config if known[name].secret]
     for name, value in config.items():
         known[name].read({name: value})  # ConfigError when a value is outside its range
-    secret = resource("Secret", "voxguard-ml-secrets")
-    assert set(secret["stringData"]) <= {name for name, spec in known.items() if spec.secret}
-    assert all("placeholder" in value for value in secret["stringData"].values())
+    assert not [doc for path in MANIFESTS for doc in documents(path) if doc["kind"] == "Secret"]
+
+
+def test_secret_is_created_by_the_operators_not_applied_over_theirs() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "secretGenerator" not in kustomization and not (K8S / "secret.yaml").exists()
+    cronjob = resource("CronJob", "voxguard-ml-retrain")
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "voxguard-ml-secrets"}} in container["envFrom"]
+    runbook = (K8S.parent.parent / "docs" / "operations.md").read_text()
+    assert "kubectl create secret generic voxguard-ml-secrets" in runbook
+
+
+def test_local_overlay_generates_the_secret_from_a_file_kept_out_of_git() -> None:
+    local = yaml.safe_load(LOCAL.read_text())
+    assert local["resources"] == ["../"]
+    (generator,) = local["secretGenerator"]
+    assert generator["name"] == "voxguard-ml-secrets" and generator["options"]["disableNameSuffixHash"]
+    assert generator["envs"] == ["secrets.env"]
+    assert "secrets.env" in (LOCAL.parent / ".gitignore").read_text().split()
+    example = (LOCAL.parent / "secrets.env.example").read_text().splitlines()
+    keys = {line.split("=", 1)[0].lstrip("# ") for line in example if "=" in line}
+    secret_names = {spec.name for spec in ENV_VARS if spec.secret}
+    assert "YUGABYTE_PASSWORD" in keys and keys <= secret_names
+
+
+def test_disruption_budget_keeps_all_but_one_pod(deployment: dict[str, Any]) -> None:
+    pdb = resource("PodDisruptionBudget", "voxguard-ml-inference")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_autoscaling_on_cpu_within_sane_bounds(deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    hpa = resource("HorizontalPodAutoscaler", "voxguard-ml-inference")["spec"]
+    target = hpa["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert 3 <= hpa["minReplicas"] < hpa["maxReplicas"] <= 20
+    pdb = resource("PodDisruptionBudget", "voxguard-ml-inference")["spec"]
+    assert hpa["minReplicas"] - pdb["maxUnavailable"] >= 2, "a drain leaves at least two pods serving"
+    (metric,) = hpa["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert 50 <= metric["resource"]["target"]["averageUtilization"] <= 80
+    assert container["resources"]["requests"]["cpu"], "utilization is measured against the CPU request"
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300, "no flapping on a traffic dip"
+
+
+def test_pods_spread_across_nodes(deployment: dict[str, Any]) -> None:
+    spec = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    spreads = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+    assert set(spreads) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spreads.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()

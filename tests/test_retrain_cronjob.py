@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from ml_pipeline.config import ENV_VARS
+
+pytestmark = pytest.mark.unit
 
 CRONJOB = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "retrain-cronjob.yaml"
 
