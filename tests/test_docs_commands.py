@@ -12,6 +12,8 @@ import pytest
 
 from ml_pipeline.cli import cli
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "docs" / "operations.md", ROOT / "README.md"]
 FENCE = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)  # also indented (in lists)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ml_pipeline.config import ENV_VARS
+
+pytestmark = pytest.mark.unit
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

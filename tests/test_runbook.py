@@ -7,7 +7,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = (ROOT / "docs" / "operations.md").read_text()
