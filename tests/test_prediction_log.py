@@ -46,6 +46,7 @@ def records(n: int, start: int = 0) -> list[Record]:
             "champion" if i % 2 else "challenger",
             i / (n + start),
             i % 3 == 0,
+            (("call_duration", 0.5), ("caller_reputation", -0.25)) if i % 3 == 0 else (),
         )
         for i in range(start, start + n)
     ]
@@ -62,6 +63,8 @@ def test_json_lines_round_trip_through_the_ab_reader(tmp_path: Path) -> None:
     assert len(frame) == 120 and set(frame["slot"]) == {"champion", "challenger"}
     first = json.loads(path.read_text().splitlines()[0])
     assert first["request_id"] == "ALR-000000" and first["time"].endswith("+00:00") and first["decision"] is True
+    assert first["reasons"] == {"call_duration": 0.5, "caller_reputation": -0.25}
+    assert "reasons" not in json.loads(path.read_text().splitlines()[1])  # not explained: no reasons key
 
 
 @pytest.mark.unit
@@ -102,7 +105,9 @@ def test_open_sink_refuses_an_unknown_target() -> None:
 async def _rows(dsn: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetch("SELECT request_id, slot, decision FROM prediction_log ORDER BY request_id")
+        return await conn.fetch(
+            "SELECT request_id, slot, decision, reasons FROM prediction_log ORDER BY request_id"
+        )
     finally:
         await conn.close()
 
@@ -114,6 +119,8 @@ def test_postgres_sink_copies_batches(pg_dsn: str) -> None:
     plog.close()
     rows = asyncio.run(_rows(pg_dsn))
     assert len(rows) == 100 and rows[0]["request_id"] == "ALR-000000" and rows[0]["decision"] is True
+    assert json.loads(rows[0]["reasons"]) == {"call_duration": 0.5, "caller_reputation": -0.25}
+    assert rows[1]["reasons"] is None
     assert len(load_predictions(pg_dsn)) == 100
 
 
@@ -194,7 +201,8 @@ def test_core_ring_records_each_prediction_and_drops_when_full(models: tuple[Bui
     before = time.time()
     records = core.drain_log(100)
     assert [r[1] for r in records] == [f"id-{i}" for i in range(10)] + ["x" * 64]  # ids truncated to 64 bytes
-    for (t, _, model, slot, score, decision), answer in zip(records, answers, strict=True):
+    for (t, _, model, slot, score, decision, reasons), answer in zip(records, answers, strict=True):
+        assert reasons == ()  # nothing asked for reasons
         assert before - 5 < t <= before and model == answer.model_version
         assert slot == ("champion" if model == "log-a" else "challenger")
         assert score == pytest.approx(answer.probability) and decision == answer.is_fraud

@@ -214,6 +214,21 @@ def _text(raw: str) -> str:
 _text.accepted = "a non-empty string"  # type: ignore[attr-defined]
 
 
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError
+        return value
+
+    parse.accepted = f"one of {', '.join(options)}"  # type: ignore[attr-defined]
+    return parse
+
+
+#: ML_EXPLAIN: which answers carry reasons.
+EXPLAIN_POLICIES = ("off", "request", "flagged", "always")
+
+
 def _isolation(raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("read_committed", "repeatable_read"):
@@ -338,6 +353,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "drop connections not through TLS/HTTP/2 setup by then",
     ),
     EnvVar("ML_ENABLE_AB_TESTING", "true", _bool, "serve the registry's challenger on its traffic share"),
+    EnvVar(
+        "ML_EXPLAIN",
+        "request",
+        _choice(*EXPLAIN_POLICIES),
+        "answers with reasons: when asked (request), also every fraud answer (flagged), all, or none (off)",
+    ),
+    EnvVar("ML_EXPLAIN_TOP_K", "3", _int_in(1, 16), "reasons the flagged and always policies give an answer"),
     EnvVar("ML_PREDICTION_LOG", None, _prediction_log, "log each prediction to file:PATH (JSON Lines) or a DSN"),
     EnvVar("ML_DRIFT_PUBLISH_SECONDS", "30", _float_in(0.0, 3600.0, open_low=True), "how often drift is published"),
     EnvVar("ML_DRIFT_WINDOW_SECONDS", "3600", _float_in(0.0, 604800.0, open_low=True), "traffic span drift covers"),

@@ -42,7 +42,8 @@ typedef struct core_shard {
 } __attribute__((aligned(VG_CACHE_LINE))) core_shard;
 
 typedef struct slot_config {
-    vg_model *model; /* NULL: empty slot */
+    vg_model *model;     /* NULL: empty slot */
+    vg_forest *explainer; /* NULL: the model's answers carry no reasons */
     float threshold;
     size_t id_len;
     char id[VG_MODEL_ID_MAX];
@@ -99,6 +100,8 @@ struct vg_core {
     core_shard shards[VG_SHARDS];
     pthread_mutex_t lock; /* serialises writers; never taken by a request */
     size_t max_request_bytes, max_batch_bytes, max_batch_rows;
+    int explain_policy;     /* enum vg_explain_policy, fixed at creation */
+    uint32_t explain_top_k; /* reasons the flagged and always policies give at least */
     uint64_t latency_bounds_ns[VG_LATENCY_BUCKETS];
     int num_models;          /* counter blocks in use, guarded by lock */
     uint64_t blocks_created; /* sequence giving each block's age, guarded by lock */

@@ -18,6 +18,8 @@
 /* A tree is tabulated when its table holds at most this many contributions, the forest at most TABLE_BUDGET. */
 #define TREE_TABLE_LIMIT (1 << 16)
 #define TABLE_BUDGET (1 << 23)
+/* ... and has at most this many nodes: explaining a row first notes the side it takes at each of them. */
+#define TREE_NODE_LIMIT 4096
 
 typedef struct node {
     int32_t left, right, feature;
@@ -71,6 +73,9 @@ struct vg_forest {
     node *nodes;
     factors f;
     size_t tabulated; /* contributions held in tables, against TABLE_BUDGET */
+    int refcount;     /* atomic via __atomic builtins */
+    char (*names)[VG_FEATURE_NAME_MAX];
+    size_t *name_len;
 };
 
 static void tabulate(vg_forest *forest, tree *t);
@@ -217,10 +222,43 @@ VG_API vg_forest *vg_forest_load(const void *data, size_t size, char *err, size_
         }
         next += count;
     }
+    forest->names = calloc((size_t)forest->num_features, sizeof *forest->names);
+    forest->name_len = calloc((size_t)forest->num_features, sizeof *forest->name_len);
+    if (forest->names == NULL || forest->name_len == NULL) {
+        return fail(forest, err, errlen, "out of memory", -1, 0);
+    }
+    for (int32_t i = 0; i < forest->num_features; ++i) {
+        forest->name_len[i] = (size_t)snprintf(forest->names[i], VG_FEATURE_NAME_MAX, "f%d", (int)i);
+    }
     for (int32_t t = 0; t < forest->num_trees; ++t) {
         tabulate(forest, &forest->trees[t]);
     }
+    forest->refcount = 1;
     return forest;
+}
+
+VG_API void vg_forest_retain(vg_forest *forest) {
+    __atomic_add_fetch(&forest->refcount, 1, __ATOMIC_RELAXED);
+}
+
+VG_API int vg_forest_set_feature_names(vg_forest *forest, const char *const *names, int32_t n, char *err,
+                                       size_t errlen) {
+    if (n != forest->num_features) {
+        snprintf(err, errlen, "%d feature names for trees over %d features", (int)n, (int)forest->num_features);
+        return -1;
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        size_t len = names[i] == NULL ? 0 : strlen(names[i]);
+        if (len == 0 || len >= VG_FEATURE_NAME_MAX) {
+            snprintf(err, errlen, "feature name %d must have 1 to %d bytes", (int)i, VG_FEATURE_NAME_MAX - 1);
+            return -1;
+        }
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        forest->name_len[i] = strlen(names[i]);
+        memcpy(forest->names[i], names[i], forest->name_len[i] + 1);
+    }
+    return 0;
 }
 
 static void free_tables(tree *t) {
@@ -234,7 +272,9 @@ static void free_tables(tree *t) {
 }
 
 VG_API void vg_forest_free(vg_forest *forest) {
-    if (forest != NULL) {
+    if (forest != NULL && (forest->refcount == 0 || __atomic_sub_fetch(&forest->refcount, 1, __ATOMIC_ACQ_REL) == 0)) {
+        free(forest->names);
+        free(forest->name_len);
         for (int32_t t = 0; forest->trees != NULL && t < forest->num_trees; ++t) {
             free_tables(&forest->trees[t]);
         }
@@ -369,6 +409,7 @@ static void recurse(const factors *f, const node *nodes, const float *row, doubl
 VG_API void vg_forest_contributions(const vg_forest *forest, const float *row, double *phi) {
     enum { SLOTS = PATH_SLOTS * (PATH_SLOTS + 1) / 2 };
     path_element paths[SLOTS];
+    uint8_t went_left[TREE_NODE_LIMIT];
     memset(phi, 0, (size_t)(forest->num_features + 1) * sizeof *phi);
     for (int32_t t = 0; t < forest->num_trees; ++t) {
         const tree *tr = &forest->trees[t];
@@ -376,15 +417,16 @@ VG_API void vg_forest_contributions(const vg_forest *forest, const float *row, d
             recurse(&forest->f, tr->nodes, row, phi, 0, 0, paths, 1, 1, -1);
             continue;
         }
+        for (int32_t i = 0; i < tr->num_nodes; ++i) { /* each split decided once, not once per leaf below it */
+            const node *n = &tr->nodes[i];
+            went_left[i] = n->left >= 0 && next_node(n, row) == n->left;
+        }
         for (int32_t l = 0; l < tr->num_leaves; ++l) {
             const leaf_table *leaf = &tr->leaves[l];
             uint32_t mask = (1u << leaf->k) - 1;
+            const step *st = &tr->steps[leaf->first_step];
             for (int32_t i = 0; i < leaf->steps; ++i) {
-                const step *st = &tr->steps[leaf->first_step + i];
-                const node *n = &tr->nodes[st->node];
-                if ((next_node(n, row) == n->left) != st->goes_left) {
-                    mask &= ~(1u << st->element);
-                }
+                mask &= ~((uint32_t)(went_left[st[i].node] != st[i].goes_left) << st[i].element);
             }
             const double *c = leaf->contributions + (size_t)mask * (size_t)leaf->k;
             for (int32_t j = 0; j < leaf->k; ++j) {
@@ -429,7 +471,8 @@ static void collect_paths(tree *t, int32_t index, step *path, int32_t depth, int
  * which of the path's k unique features the row follows at every one of their splits (the element's one fraction,
  * 0 or 1); the zero fractions are fixed. So the k contributions of the leaf are computed once for each of the
  * 2^k patterns, and explaining a row costs a pattern lookup per leaf instead of the recursion's O(k^2) per leaf.
- * Trees whose tables would pass TREE_TABLE_LIMIT, or the forest's TABLE_BUDGET, keep the recursion. */
+ * Trees whose tables would pass TREE_TABLE_LIMIT or the forest's TABLE_BUDGET, or with more than TREE_NODE_LIMIT
+ * nodes, keep the recursion. */
 static void tabulate(vg_forest *forest, tree *t) {
     int32_t num_leaves = 0, num_steps = 0;
     count_paths(t->nodes, 0, 0, &num_leaves, &num_steps);
@@ -462,7 +505,7 @@ static void tabulate(vg_forest *forest, tree *t) {
         }
         size += ((size_t)1 << leaf->k) * (size_t)leaf->k;
     }
-    if (size > TREE_TABLE_LIMIT || forest->tabulated + size > TABLE_BUDGET) {
+    if (size > TREE_TABLE_LIMIT || forest->tabulated + size > TABLE_BUDGET || t->num_nodes > TREE_NODE_LIMIT) {
         free_tables(t);
         return;
     }
@@ -497,4 +540,37 @@ static void tabulate(vg_forest *forest, tree *t) {
         }
     }
     forest->tabulated += size;
+}
+
+VG_API int32_t vg_forest_top_reasons(const vg_forest *forest, const float *row, int32_t k, vg_reason *out,
+                                     float *bias) {
+    double phi[VG_MAX_FEATURES + 1];
+    const int32_t n = forest->num_features;
+    if (n > VG_MAX_FEATURES) {
+        return 0;
+    }
+    vg_forest_contributions(forest, row, phi);
+    *bias = (float)phi[n];
+    k = k < n ? k : n;
+    k = k < VG_MAX_REASONS ? k : VG_MAX_REASONS;
+    int32_t chosen[VG_MAX_REASONS];
+    for (int32_t r = 0; r < k; ++r) { /* selection: k is small */
+        int32_t best = -1;
+        for (int32_t i = 0; i < n; ++i) {
+            int taken = 0;
+            for (int32_t q = 0; q < r; ++q) {
+                taken |= chosen[q] == i;
+            }
+            if (!taken && (best < 0 || fabs(phi[i]) > fabs(phi[best]))) {
+                best = i;
+            }
+        }
+        chosen[r] = best;
+        out[r].feature = forest->names[best];
+        out[r].feature_len = forest->name_len[best];
+        out[r].feature_index = best;
+        out[r].value = row[best];
+        out[r].contribution = (float)phi[best];
+    }
+    return k;
 }

@@ -45,7 +45,8 @@ static inline int check_row(const slot_config *slot, const vg_request *req, char
 }
 
 static inline void log_row(vg_core *core, log_ring *ring, const slot_config *slot, int s, const vg_request *req,
-                           float p, int fraud) {
+                           float p, const vg_response *resp) {
+    const int fraud = resp->is_fraud;
     vg_log_record record;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -57,6 +58,12 @@ static inline void log_row(vg_core *core, log_ring *ring, const slot_config *slo
     size_t len = req->request_id_len < VG_LOG_ID_MAX ? req->request_id_len : VG_LOG_ID_MAX;
     record.request_id_len = (uint8_t)len;
     memcpy(record.request_id, req->request_id, len);
+    int32_t reasons = resp->num_reasons < VG_LOG_MAX_REASONS ? resp->num_reasons : VG_LOG_MAX_REASONS;
+    record.num_reasons = (uint8_t)reasons;
+    for (int32_t i = 0; i < reasons; ++i) {
+        record.reason_feature[i] = (uint8_t)resp->reasons[i].feature_index;
+        record.reason_contribution[i] = resp->reasons[i].contribution;
+    }
     vg_log_push(core, ring, &record);
 }
 
@@ -74,14 +81,52 @@ static inline void observe(vg_core *core, const vg_reader *reader, const config 
     vg_add(&c->latency_buckets[b], 1);
 }
 
-/* Scores one decoded, checked row into `resp` and counts it: latency_ms is the time since the call arrived
- * (t_call), the histogram gets the time spent on this row since t_row (the same for a single request). */
+static const char REASONS_OFF[] = "reasons are turned off on this server";
+static const char NO_EXPLAINER[] = "this model has no explainer: its answers carry no reasons";
+
+/* Reasons this row's answer gets: what it asked for, raised to the core's default by the flagged (for a fraud
+ * answer) and always policies. The response bound assumes the flagged policy adds them to every row. */
+static inline uint32_t reasons_wanted(const vg_core *core, const vg_request *req, int fraud) {
+    uint32_t k = req->explain_top_k;
+    if (core->explain_policy == VG_EXPLAIN_ALWAYS || (core->explain_policy == VG_EXPLAIN_FLAGGED && fraud)) {
+        k = k > core->explain_top_k ? k : core->explain_top_k;
+    }
+    return k;
+}
+
+/* Fill the explanation fields of `resp` for the row's answer; `reasons` holds VG_MAX_REASONS. */
+static inline void explain(const vg_core *core, const slot_config *slot, const vg_request *req, vg_response *resp,
+                           vg_reason *reasons) {
+    uint32_t k = reasons_wanted(core, req, resp->is_fraud);
+    if (k == 0) {
+        return;
+    }
+    if (core->explain_policy == VG_EXPLAIN_OFF) {
+        resp->explain_error = REASONS_OFF;
+        resp->explain_error_len = sizeof REASONS_OFF - 1;
+    } else if (slot->explainer == NULL) {
+        resp->explain_error = NO_EXPLAINER;
+        resp->explain_error_len = sizeof NO_EXPLAINER - 1;
+    } else {
+        int32_t asked = k < VG_MAX_REASONS ? (int32_t)k : VG_MAX_REASONS;
+        resp->num_reasons = vg_forest_top_reasons(slot->explainer, req->features, asked, reasons, &resp->bias);
+        resp->reasons = reasons;
+        resp->explained = 1;
+    }
+}
+
+/* Scores one decoded, checked row into `resp` (with its reasons, in `reasons`) and counts it: latency_ms is the
+ * time since the call arrived (t_call), the histogram gets the time spent on this row since t_row (the same for a
+ * single request). */
 static inline void score(vg_core *core, const vg_reader *reader, const config *cfg, const slot_config *slot,
-                         const vg_request *req, uint64_t t_call, uint64_t t_row, vg_response *resp) {
+                         const vg_request *req, uint64_t t_call, uint64_t t_row, vg_response *resp,
+                         vg_reason *reasons) {
     vg_entry scratch[VG_MAX_FEATURES];
     float p = vg_model_score(slot->model, req->features, scratch);
-    uint64_t now = vg_now_ns();
+    memset(resp, 0, sizeof *resp);
     resp->is_fraud = p >= slot->threshold;
+    explain(core, slot, req, resp, reasons);
+    uint64_t now = vg_now_ns();
     resp->probability = p;
     resp->model_version = slot->id;
     resp->model_version_len = slot->id_len;
@@ -93,31 +138,43 @@ static inline void score(vg_core *core, const vg_reader *reader, const config *c
     }
     log_ring *ring = __atomic_load_n(&core->log, __ATOMIC_ACQUIRE);
     if (ring != NULL) {
-        log_row(core, ring, slot, champion ? VG_CHAMPION : VG_CHALLENGER, req, p, resp->is_fraud);
+        log_row(core, ring, slot, champion ? VG_CHAMPION : VG_CHALLENGER, req, p, resp);
     }
 }
 
-static size_t count_rows(const uint8_t *req, size_t len) {
-    size_t pos = 0, rows = 0, row_len;
-    const uint8_t *row;
+/* Largest encoded response or batch item besides its request id's bytes and its reasons: item tag + length varint
+ * (5) + is_fraud (2) + probability (5) + model_version (tag, 2-byte length, id) + latency_ms (5) + request_id tag
+ * and length varint (1 + 5) + bias (5) + explain_error (tag, length, under 96 bytes). The request id's own bytes
+ * are counted separately (at most the request's length). */
+#define ITEM_BOUND (1 + 5 + 2 + 5 + (1 + 2 + VG_MODEL_ID_MAX) + 5 + (1 + 5) + 5 + (1 + 1 + 96))
+/* One Reason: tag, length, feature (tag, length, name), value, contribution. */
+#define REASON_BOUND (1 + 1 + (1 + 1 + VG_FEATURE_NAME_MAX) + 5 + 5)
+
+/* Space for the reasons of one row whatever its answer turns out to be. */
+static size_t reasons_bound(const vg_core *core, const uint8_t *row, size_t len) {
+    if (core->explain_policy == VG_EXPLAIN_OFF) {
+        return 0;
+    }
+    vg_request req;
     char err[8];
-    while (vg_wire_next_row(req, len, &pos, &row, &row_len, err, sizeof err) == 1) {
-        ++rows;
+    if (vg_wire_decode_request(row, len, &req, err, sizeof err) != VG_OK) {
+        return 0; /* refused by handle before anything is encoded */
     }
-    return rows;
+    uint32_t k = reasons_wanted(core, &req, 1);
+    return (k < VG_MAX_REASONS ? k : VG_MAX_REASONS) * REASON_BOUND;
 }
-
-/* Largest encoded response or batch item besides its request id's bytes: item tag + length varint (5) + is_fraud
- * (2) + probability (5) + model_version (tag, 2-byte length, id) + latency_ms (5) + request_id tag and length
- * varint (1 + 5). The request id's own bytes are counted separately (at most the request's length). */
-#define ITEM_BOUND (1 + 5 + 2 + 5 + (1 + 2 + VG_MODEL_ID_MAX) + 5 + (1 + 5))
 
 VG_API size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len) {
-    (void)core;
     if (call == VG_CALL_BATCH) {
-        return count_rows(req, len) * ITEM_BOUND + len + 16;
+        size_t pos = 0, row_len, need = len + 16;
+        const uint8_t *row;
+        char err[8];
+        while (vg_wire_next_row(req, len, &pos, &row, &row_len, err, sizeof err) == 1) {
+            need += ITEM_BOUND + reasons_bound(core, row, row_len);
+        }
+        return need;
     }
-    return ITEM_BOUND + len + 16;
+    return ITEM_BOUND + len + 16 + reasons_bound(core, req, len);
 }
 
 static int handle_one(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,
@@ -143,9 +200,11 @@ static int handle_one(vg_core *core, int call, const uint8_t *req, size_t len, u
         return status;
     }
     vg_response resp;
-    score(core, &reader, cfg, slot, &row, t0, t0, &resp);
-    resp.request_id = call == VG_CALL_STREAM ? row.request_id : NULL;
-    resp.request_id_len = call == VG_CALL_STREAM ? row.request_id_len : 0;
+    vg_reason reasons[VG_MAX_REASONS];
+    score(core, &reader, cfg, slot, &row, t0, t0, &resp, reasons);
+    resp.scored = call == VG_CALL_STREAM;
+    resp.request_id = resp.scored ? row.request_id : NULL;
+    resp.request_id_len = resp.scored ? row.request_id_len : 0;
     if (vg_wire_response_size(&resp) > cap) {
         vg_reader_leave(&reader);
         return vg_fail(VG_INTERNAL, err, errcap, "response buffer too small");
@@ -189,7 +248,7 @@ static int handle_batch(vg_core *core, const uint8_t *req, size_t len, uint8_t *
             }
         } else {
             status = check_row(route(cfg, &row, row_draw(seed, rows)), &row, err, errcap, where);
-            need += ITEM_BOUND + row.request_id_len;
+            need += ITEM_BOUND + row.request_id_len + reasons_bound(core, data, row_len);
         }
     }
     if (status == VG_OK && more < 0) {
@@ -210,7 +269,9 @@ static int handle_batch(vg_core *core, const uint8_t *req, size_t len, uint8_t *
         vg_wire_decode_request(data, row_len, &row, err, errcap);
         const slot_config *slot = route(cfg, &row, row_draw(seed, i));
         vg_response resp;
-        score(core, &reader, cfg, slot, &row, t0, t_row, &resp);
+        vg_reason reasons[VG_MAX_REASONS];
+        score(core, &reader, cfg, slot, &row, t0, t_row, &resp, reasons);
+        resp.scored = 1;
         resp.request_id = row.request_id;
         resp.request_id_len = row.request_id_len;
         w = vg_wire_encode_item(&resp, 1, w);

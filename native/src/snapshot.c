@@ -17,6 +17,7 @@ void vg_config_release(config *cfg) {
     if (__atomic_sub_fetch(&cfg->refcount, 1, __ATOMIC_ACQ_REL) == 0) {
         for (int s = 0; s < 2; ++s) {
             vg_model_release(cfg->slot[s].model);
+            vg_forest_free(cfg->slot[s].explainer);
         }
         vg_drift_release(cfg->drift);
         free(cfg);
@@ -34,6 +35,9 @@ config *vg_config_copy_locked(vg_core *core) {
     for (int s = 0; s < 2; ++s) {
         if (next->slot[s].model != NULL) {
             vg_model_retain(next->slot[s].model);
+        }
+        if (next->slot[s].explainer != NULL) {
+            vg_forest_retain(next->slot[s].explainer);
         }
     }
     if (next->drift != NULL) {
@@ -99,7 +103,12 @@ static int counters_for_locked(vg_core *core, const char *model_id) {
     return index;
 }
 
-VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows) {
+VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows,
+                            int explain_policy, uint32_t explain_top_k) {
+    if (explain_policy < VG_EXPLAIN_OFF || explain_policy > VG_EXPLAIN_ALWAYS || explain_top_k < 1 ||
+        explain_top_k > VG_MAX_REASONS) {
+        return NULL;
+    }
     void *memory = NULL;
     config *cfg = calloc(1, sizeof(config));
     if (cfg == NULL || posix_memalign(&memory, VG_CACHE_LINE, sizeof(vg_core)) != 0) {
@@ -114,6 +123,8 @@ VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, si
     core->max_request_bytes = max_request_bytes;
     core->max_batch_bytes = max_batch_bytes;
     core->max_batch_rows = max_batch_rows;
+    core->explain_policy = explain_policy;
+    core->explain_top_k = explain_top_k;
     for (int i = 0; i < VG_LATENCY_BUCKETS; ++i) {
         core->latency_bounds_ns[i] = (uint64_t)(vg_latency_bounds_s[i] * 1e9 + 0.5);
     }
@@ -130,8 +141,8 @@ VG_API void vg_core_free(vg_core *core) {
     }
 }
 
-VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold,
-                             int64_t cut, char *err, size_t errcap) {
+VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, vg_forest *explainer, const char *model_id,
+                             float threshold, int64_t cut, char *err, size_t errcap) {
     if (cut > ((int64_t)1 << 32)) {
         return vg_fail(VG_INVALID_ARGUMENT, err, errcap, "challenger cut must be in [0, 2**32]");
     }
@@ -149,6 +160,10 @@ VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, const cha
         return vg_fail(VG_INVALID_ARGUMENT, err, errcap, "model has %d features; at most %d are served",
                        (int)model->num_feature, VG_MAX_FEATURES);
     }
+    if (model != NULL && explainer != NULL && vg_forest_num_features(explainer) != model->num_feature) {
+        return vg_fail(VG_INVALID_ARGUMENT, err, errcap, "explainer has %d features, the model %d",
+                       (int)vg_forest_num_features(explainer), (int)model->num_feature);
+    }
     pthread_mutex_lock(&core->lock);
     config *next = vg_config_copy_locked(core);
     if (next == NULL) {
@@ -157,10 +172,15 @@ VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, const cha
     }
     slot_config *target = &next->slot[slot];
     vg_model_release(target->model);
+    vg_forest_free(target->explainer);
     memset(target, 0, sizeof *target);
     if (model != NULL) {
         vg_model_retain(model);
         target->model = model;
+        if (explainer != NULL) {
+            vg_forest_retain(explainer);
+            target->explainer = explainer;
+        }
         target->threshold = threshold;
         target->id_len = id_len;
         memcpy(target->id, model_id, id_len + 1);

@@ -175,6 +175,7 @@ int vg_wire_decode_request(const uint8_t *buf, size_t len, vg_request *req, char
     req->num_features = 0;
     req->request_id = NULL;
     req->request_id_len = 0;
+    req->explain_top_k = 0;
     while (pos < len) {
         uint32_t field;
         int wire;
@@ -215,6 +216,12 @@ int vg_wire_decode_request(const uint8_t *buf, size_t len, vg_request *req, char
             req->request_id = buf + pos;
             req->request_id_len = (size_t)n;
             pos += (size_t)n;
+        } else if (field == 3 && wire == WT_VARINT) {
+            uint64_t k;
+            if (read_varint(buf, len, &pos, &k) != 0) {
+                return fail(err, errcap, "malformed request: truncated explain_top_k");
+            }
+            req->explain_top_k = (uint32_t)k; /* proto3 keeps the low 32 bits of a wider varint */
         } else if ((status = skip_value(buf, len, &pos, field, wire, 0, err, errcap)) != VG_OK) {
             return status; /* unknown fields, and known ones with another wire type (as protobuf does), skipped */
         }
@@ -289,18 +296,35 @@ static uint8_t *put_bytes(uint8_t *out, uint32_t tag, const void *data, size_t n
     return out + n;
 }
 
-/* proto3 canonical form: fields holding their default (false, +0.0, "") are left out. */
+static size_t bytes_size(size_t n) {
+    return 1 + varint_size(n) + n;
+}
+
+/* A Reason message's body: feature = 1, value = 2, contribution = 3 (defaults left out). */
+static size_t reason_size(const vg_reason *r) {
+    return (r->feature_len ? bytes_size(r->feature_len) : 0) + (float_bits(r->value) ? 5 : 0) +
+           (float_bits(r->contribution) ? 5 : 0);
+}
+
+/* proto3 canonical form: fields holding their default (false, +0.0, "") are left out. The explanation fields are
+ * reasons = 5, bias = 6, explain_error = 7 of a PredictionResponse and one number later in a ScoredPrediction. */
 size_t vg_wire_response_size(const vg_response *r) {
     size_t n = 0;
     n += r->is_fraud ? 2 : 0;
     n += float_bits(r->probability) ? 5 : 0;
-    n += r->model_version_len ? 1 + varint_size(r->model_version_len) + r->model_version_len : 0;
+    n += r->model_version_len ? bytes_size(r->model_version_len) : 0;
     n += float_bits(r->latency_ms) ? 5 : 0;
-    n += (r->request_id != NULL && r->request_id_len) ? 1 + varint_size(r->request_id_len) + r->request_id_len : 0;
+    n += (r->scored && r->request_id_len) ? bytes_size(r->request_id_len) : 0;
+    for (int32_t i = 0; i < r->num_reasons; ++i) {
+        n += bytes_size(reason_size(&r->reasons[i]));
+    }
+    n += (r->explained && float_bits(r->bias)) ? 5 : 0;
+    n += r->explain_error_len ? bytes_size(r->explain_error_len) : 0;
     return n;
 }
 
 uint8_t *vg_wire_encode_response(const vg_response *r, uint8_t *out) {
+    const uint32_t shift = r->scored ? 1 : 0;
     if (r->is_fraud) {
         *out++ = 0x08;
         *out++ = 1;
@@ -314,8 +338,28 @@ uint8_t *vg_wire_encode_response(const vg_response *r, uint8_t *out) {
     if (float_bits(r->latency_ms)) {
         out = put_float(out, 0x25, r->latency_ms);
     }
-    if (r->request_id != NULL && r->request_id_len) {
+    if (r->scored && r->request_id_len) {
         out = put_bytes(out, 0x2A, r->request_id, r->request_id_len);
+    }
+    for (int32_t i = 0; i < r->num_reasons; ++i) {
+        const vg_reason *reason = &r->reasons[i];
+        *out++ = (uint8_t)(((5 + shift) << 3) | WT_LEN);
+        out = put_varint(out, reason_size(reason));
+        if (reason->feature_len) {
+            out = put_bytes(out, 0x0A, reason->feature, reason->feature_len);
+        }
+        if (float_bits(reason->value)) {
+            out = put_float(out, 0x15, reason->value);
+        }
+        if (float_bits(reason->contribution)) {
+            out = put_float(out, 0x1D, reason->contribution);
+        }
+    }
+    if (r->explained && float_bits(r->bias)) {
+        out = put_float(out, ((6 + shift) << 3) | WT_FIXED32, r->bias);
+    }
+    if (r->explain_error_len) {
+        out = put_bytes(out, ((7 + shift) << 3) | WT_LEN, r->explain_error, r->explain_error_len);
     }
     return out;
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,11 @@ def build_explainer(model_json: Path, target: Path, booster: xgb.Booster, rows: 
     }
 
 
-def load_explainer(record: dict[str, Any]) -> TreeExplainer:
-    """The TreeExplainer of an explainer record (ExplainerLoadError when missing, unreadable or altered;
-    UnexplainableModel when the compiler recorded why the model has none)."""
+def load_explainer(record: dict[str, Any], feature_names: Sequence[str] | None = None) -> TreeExplainer:
+    """The TreeExplainer of an explainer record, naming the features `feature_names` (ExplainerLoadError when
+    missing, unreadable or altered; UnexplainableModel when the compiler recorded why the model has none)."""
     if "unavailable" in record:
         raise UnexplainableModel(f"this model serves without reasons: {record['unavailable']}")
     if "path" not in record:
         raise UnexplainableModel("this model was compiled without an explainer: compile it again (--force)")
-    return TreeExplainer.from_file(record["path"], record.get("sha256"))
+    return TreeExplainer.from_file(record["path"], record.get("sha256"), feature_names)

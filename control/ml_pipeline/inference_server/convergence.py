@@ -12,6 +12,10 @@ generation is not marked applied, and the next poll that reaches it catches up.
 A database registry stores the libraries themselves (`libraries_in_store`): a new one is fetched once, checked
 against its sha256 and loaded from memory (memory_library), so such a server needs no shared filesystem.
 
+Each model comes with its explainer when the compiler made one (`<model_id>.trees`, checked against its sha256):
+the core then gives its answers reasons. A model whose explainer is missing or cannot be loaded still serves;
+its answers say they carry no reasons, and the log says why once per load.
+
 A library is code the server runs, so before hashing it the server checks who could have written it
 (`trusted_library`): it refuses a library that is not a regular file (a symbolic link, a FIFO...), that is
 group- or world-writable, that is owned by anybody but root or the server's own user, or, when the server is
@@ -29,13 +33,17 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
 from ml_pipeline.errors import PipelineError
+from ml_pipeline.explain.artifact import load_explainer
+from ml_pipeline.explain.packing import UnexplainableModel
 from ml_pipeline.inference_server.memory_library import memory_library
 from ml_pipeline.model_registry import ModelRegistry, RegistryUnavailable, ServingState
 from ml_pipeline.native.compiled_model import CompiledModel, ModelLoadError
 from ml_pipeline.native.serving_core import ServingCore
+from ml_pipeline.native.tree_explainer import ExplainerLoadError, TreeExplainer
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +128,22 @@ def trusted_library(
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified model in a slot: its id, decision threshold and the sha256 of the library that was loaded."""
+    """A verified model in a slot: its id, decision threshold, the sha256 of the library that was loaded, and
+    whether its answers carry reasons (an explainer was loaded with it)."""
 
     model_id: str
     threshold: float
     sha256: str
+    explained: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedLibrary:
+    """What `_load` hands to the core for one slot: the verified library and its explainer (None: no reasons)."""
+
+    model: LoadedModel
+    library: CompiledModel
+    explainer: TreeExplainer | None
 
 
 class RegistryConvergence:
@@ -179,8 +198,8 @@ class RegistryConvergence:
         if state.champion_id is not None and self._stale(self.champion, state.champion_id):
             loaded = self._load("champion", state.champion_id)
             if loaded is not None:
-                model, compiled = loaded
-                self.core.set_champion(compiled, model.model_id, model.threshold)
+                model = loaded.model
+                self.core.set_champion(loaded.library, model.model_id, model.threshold, loaded.explainer)
                 self.champion = model
                 self._swapped("champion", model)
         challenger_id = state.challenger_id if self.enable_ab_testing else None
@@ -194,9 +213,11 @@ class RegistryConvergence:
         elif self._stale(self.challenger, challenger_id):
             loaded = self._load("challenger", challenger_id)
             if loaded is not None:
-                model, compiled = loaded
+                model = loaded.model
                 splitter = TrafficSplitter(1.0 - share, share)
-                self.core.set_challenger(compiled, model.model_id, model.threshold, splitter.challenger_cut)
+                self.core.set_challenger(
+                    loaded.library, model.model_id, model.threshold, splitter.challenger_cut, loaded.explainer
+                )
                 self.challenger = model
                 self.traffic_splitter = splitter
                 self._swapped("challenger", model)
@@ -209,7 +230,7 @@ class RegistryConvergence:
         if self.challenger is None:
             self.traffic_splitter = TrafficSplitter(1.0, 0.0)
 
-    def _load(self, slot: str, model_id: str) -> tuple[LoadedModel, CompiledModel] | None:
+    def _load(self, slot: str, model_id: str) -> LoadedLibrary | None:
         try:
             meta = self.registry.get_model(model_id)
             compiled = meta.compiled or {}
@@ -225,9 +246,22 @@ class RegistryConvergence:
             )
             self.events["load_failed", slot] += 1
             return None
-        return LoadedModel(model_id, float(meta.threshold), library.sha256), library
+        explainer = self._explainer(slot, model_id, compiled, list(meta.features))
+        model = LoadedModel(model_id, float(meta.threshold), library.sha256, explainer is not None)
+        return LoadedLibrary(model, library, explainer)
 
-    def _open_library(self, model_id: str, compiled: dict[str, str]) -> CompiledModel:
+    def _explainer(
+        self, slot: str, model_id: str, compiled: dict[str, Any], features: list[str]
+    ) -> TreeExplainer | None:
+        """The model's verified explainer, or None (logged, counted) when it has none or it cannot be loaded."""
+        try:
+            return load_explainer(dict(compiled.get("explainer") or {}), features or None)
+        except (UnexplainableModel, ExplainerLoadError) as exc:
+            log.warning("%s %s serves without reasons: %s", slot, model_id, exc)
+            self.events["explainer_unavailable", slot] += 1
+            return None
+
+    def _open_library(self, model_id: str, compiled: dict[str, Any]) -> CompiledModel:
         """Load and verify the recorded library: from the registry's own store (in memory) or from its path."""
         sha = compiled["sha256"]
         if self.registry.libraries_in_store:

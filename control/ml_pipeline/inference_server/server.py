@@ -87,6 +87,7 @@ class InferenceServer:
     (ServerTLS) serves TLS or mutual TLS on either transport; `metrics_host` binds metrics elsewhere than `host`.
     `admission` (AdmissionSettings) bounds requests in flight, refuses late calls and sets connection limits.
     `compiled_models_dir` refuses to load a library the registry records outside that folder (RegistryConvergence).
+    `explain` (ML_EXPLAIN: off, request, flagged, always) and `explain_top_k` say which answers carry reasons.
     """
 
     def __init__(
@@ -111,6 +112,8 @@ class InferenceServer:
         metrics_host: str | None = None,
         admission: AdmissionSettings | None = None,
         compiled_models_dir: str | None = None,
+        explain: str = "request",
+        explain_top_k: int = 3,
     ) -> None:
         self.registry = open_registry(registry_path)
         #: Whether the last read of the registry succeeded (exported as ml_registry_reachable).
@@ -129,7 +132,7 @@ class InferenceServer:
         self.reuse_port = reuse_port
         self.max_batch_bytes = max_batch_bytes
         self.transport = resolve_transport(transport)
-        self.core = ServingCore(max_request_bytes, max_batch_bytes, max_batch_rows)
+        self.core = ServingCore(max_request_bytes, max_batch_bytes, max_batch_rows, explain, explain_top_k)
         self.convergence = RegistryConvergence(self.registry, self.core, enable_ab_testing, compiled_models_dir)
         self.monitoring = ServerMonitoring(
             self.core, self.registry, self._champion_id, monitoring or MonitoringSettings.from_env()

@@ -32,6 +32,8 @@ class ServerSettings:
     tls: ServerTLS | None = None
     metrics_host: str | None = None
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    explain: str = "request"
+    explain_top_k: int = 3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -52,6 +54,8 @@ class ServerSettings:
             tls=ServerTLS.from_env(env),
             metrics_host=env_value("ML_METRICS_HOST", env),
             admission=AdmissionSettings.from_env(env),
+            explain=env_value("ML_EXPLAIN", env),
+            explain_top_k=env_value("ML_EXPLAIN_TOP_K", env),
         )
 
     def with_overrides(self, **changes: Any) -> ServerSettings:
@@ -82,4 +86,6 @@ class ServerSettings:
             tls=self.tls,
             metrics_host=self.metrics_host,
             admission=self.admission,
+            explain=self.explain,
+            explain_top_k=self.explain_top_k,
         )

@@ -1,5 +1,5 @@
-"""The prediction log: every answered prediction (time, request_id, model_version, slot, score, decision),
-written off the hot path in batches to JSON Lines files (rotated by size) or a PostgreSQL table.
+"""The prediction log: every answered prediction (time, request_id, model_version, slot, score, decision, and
+the reasons of an explained answer), written off the hot path in batches to JSON Lines files (rotated by size) or a PostgreSQL table.
 
 Records enter a bounded queue with `submit` (never blocks: when the queue is full the records are dropped and
 counted) and a background thread writes them in batches; a batch that cannot be written (full disk,
@@ -40,12 +40,22 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
     model_version text NOT NULL,
     slot          text NOT NULL,
     score         real NOT NULL,
-    decision      boolean NOT NULL
+    decision      boolean NOT NULL,
+    reasons       jsonb
 );
+ALTER TABLE {LOG_TABLE} ADD COLUMN IF NOT EXISTS reasons jsonb;
 CREATE INDEX IF NOT EXISTS {LOG_TABLE}_request_id_idx ON {LOG_TABLE} (request_id)"""
+#: The reasons column: {feature: contribution} of an explained answer, largest first; NULL when not explained.
+REASONS_COLUMN = "reasons"
 
-#: One record: (unix time s, request_id, model_version, slot "champion"/"challenger", score, decision).
-Record = tuple[float, str, str, str, float, bool]
+#: One record: (unix time s, request_id, model_version, slot "champion"/"challenger", score, decision,
+#: reasons as (feature, contribution) pairs, largest first; () when the answer was not explained).
+Record = tuple[float, str, str, str, float, bool, tuple[tuple[str, float], ...]]
+
+
+def reasons_object(reasons: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    """The reasons of a record as the JSON object the log stores: {feature: contribution}, in their order."""
+    return {feature: round(contribution, 7) for feature, contribution in reasons}
 
 
 class Sink(Protocol):
@@ -73,24 +83,26 @@ class JsonLinesSink:
         """Write the batch as JSON lines in one write; rotate first when the file is full."""
         if os.fstat(self._fd).st_size >= self.max_bytes:
             self._rotate()
-        lines = [
-            json.dumps(
-                {
-                    "time": datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds"),
-                    "request_id": rid,
-                    "model_version": model,
-                    "slot": slot,
-                    "score": round(score, 7),
-                    "decision": decision,
-                },
-                separators=(",", ":"),
-            )
-            for t, rid, model, slot, score, decision in batch
-        ]
+        lines = [json.dumps(self._line(record), separators=(",", ":")) for record in batch]
         data = ("\n".join(lines) + "\n").encode()
         written = os.write(self._fd, data)
         if written != len(data):
             raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes): disk full?")
+
+    @staticmethod
+    def _line(record: Record) -> dict[str, object]:
+        t, rid, model, slot, score, decision, reasons = record
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds"),
+            "request_id": rid,
+            "model_version": model,
+            "slot": slot,
+            "score": round(score, 7),
+            "decision": decision,
+        }
+        if reasons:
+            line["reasons"] = reasons_object(reasons)
+        return line
 
     def close(self) -> None:
         """Close the current file."""
@@ -138,9 +150,12 @@ class PostgresSink:
 
     async def _write(self, batch: Sequence[Record]) -> None:
         conn = await self._connection()
-        rows = [(datetime.fromtimestamp(r[0], UTC), *r[1:]) for r in batch]
+        rows = [
+            (datetime.fromtimestamp(r[0], UTC), *r[1:6], json.dumps(reasons_object(r[6])) if r[6] else None)
+            for r in batch
+        ]
         try:
-            await conn.copy_records_to_table(LOG_TABLE, records=rows, columns=list(LOG_COLUMNS))
+            await conn.copy_records_to_table(LOG_TABLE, records=rows, columns=[*LOG_COLUMNS, REASONS_COLUMN])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await self._drop_connection()
             raise

@@ -2,6 +2,7 @@
 
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 
+from ml_pipeline.native.explain_api cimport vg_forest
 from ml_pipeline.native.model_api cimport vg_model
 
 
@@ -13,6 +14,8 @@ cdef extern from "voxguard/vg_wire.h" nogil:
         VG_INTERNAL
         VG_UNAVAILABLE
         VG_MAX_FEATURES
+        VG_MAX_REASONS
+        VG_FEATURE_NAME_MAX
 
 
 cdef extern from "voxguard/vg_core.h" nogil:
@@ -26,6 +29,10 @@ cdef extern from "voxguard/vg_core.h" nogil:
         VG_MAX_MODELS
         VG_LATENCY_BUCKETS
         VG_STATUS_MAX
+        VG_EXPLAIN_OFF
+        VG_EXPLAIN_REQUEST
+        VG_EXPLAIN_FLAGGED
+        VG_EXPLAIN_ALWAYS
 
     const double vg_latency_bounds_s[]
 
@@ -45,10 +52,11 @@ cdef extern from "voxguard/vg_core.h" nogil:
     ctypedef struct vg_core:
         pass
 
-    vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows)
+    vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows,
+                         int explain_policy, unsigned int explain_top_k)
     void vg_core_free(vg_core *core)
-    int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold,
-                          int64_t cut, char *err, size_t errcap)
+    int vg_core_set_model(vg_core *core, int slot, vg_model *model, vg_forest *explainer, const char *model_id,
+                          float threshold, int64_t cut, char *err, size_t errcap)
     int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap)
     size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len)
     int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,
@@ -61,6 +69,7 @@ cdef extern from "voxguard/vg_core.h" nogil:
         VG_DRIFT_MAX_BINS
         VG_DRIFT_MAX_FEATURES
         VG_LOG_ID_MAX
+        VG_LOG_MAX_REASONS
 
     ctypedef struct vg_drift_counts:
         uint64_t generation
@@ -79,6 +88,9 @@ cdef extern from "voxguard/vg_core.h" nogil:
         uint8_t model_index
         uint8_t request_id_len
         char request_id[64]
+        uint8_t num_reasons
+        uint8_t reason_feature[8]
+        float reason_contribution[8]
 
     int vg_core_set_drift(vg_core *core, int num_features, const int *num_edges, const float *edges,
                           int num_score_edges, const float *score_edges, char *err, size_t errcap)

@@ -6,9 +6,12 @@ from typing import TypedDict
 from typing_extensions import disjoint_base
 
 from ml_pipeline.native.compiled_model import CompiledModel
+from ml_pipeline.native.tree_explainer import TreeExplainer
 
 LATENCY_BUCKETS_S: tuple[float, ...]
 MAX_FEATURES: int
+MAX_REASONS: int
+EXPLAIN_POLICIES: dict[str, int]
 
 class ServingError(Exception):
     code: int
@@ -18,8 +21,9 @@ class ServingError(Exception):
 # The names starting with "_" exist only in this stub (the extension does not define them): import them, for
 # annotations, under `if TYPE_CHECKING:`.
 
-#: One drained prediction: (unix time s, request_id, model_version, "champion"/"challenger", score, decision).
-_LogRecord = tuple[float, str, str, str, float, bool]
+#: One drained prediction: (unix time s, request_id, model_version, "champion"/"challenger", score, decision,
+#: reasons as (feature name, contribution) pairs, () when not explained).
+_LogRecord = tuple[float, str, str, str, float, bool, tuple[tuple[str, float], ...]]
 
 class _DriftCounts(TypedDict):
     """`drift_counts()`: cumulative bin counts since the edges were set."""
@@ -47,12 +51,26 @@ class _CoreCounters(TypedDict):
 
 @disjoint_base
 class ServingCore:
+    explain: str
+    explain_top_k: int
     def __init__(
-        self, max_request_bytes: int = 16384, max_batch_bytes: int = 4 << 20, max_batch_rows: int = 10000
+        self,
+        max_request_bytes: int = 16384,
+        max_batch_bytes: int = 4 << 20,
+        max_batch_rows: int = 10000,
+        explain: str = "request",
+        explain_top_k: int = 3,
     ) -> None: ...
-    def set_champion(self, model: CompiledModel, model_id: str, threshold: float) -> None: ...
+    def set_champion(
+        self, model: CompiledModel, model_id: str, threshold: float, explainer: TreeExplainer | None = None
+    ) -> None: ...
     def set_challenger(
-        self, model: CompiledModel | None, model_id: str | None = None, threshold: float = 0.0, cut: int = 0
+        self,
+        model: CompiledModel | None,
+        model_id: str | None = None,
+        threshold: float = 0.0,
+        cut: int = 0,
+        explainer: TreeExplainer | None = None,
     ) -> None: ...
     def set_split(self, cut: int) -> None: ...
     def handle(self, request: bytes) -> bytes: ...

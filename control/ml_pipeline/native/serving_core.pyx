@@ -5,6 +5,8 @@
 scores it with the compiled model and encodes the PredictionResponse, all in C (libvoxguard, native/src); a refused
 request raises ServingError carrying the gRPC status code and the message for the client. Python only
 configures the core (`set_champion`, `set_challenger`, `set_split`) and reads `counters()` at scrape time.
+A model may come with its explainer (its packed trees): answers then carry reasons as the core's explain policy
+says (`ServingCore(explain="request"|"flagged"|"always"|"off", explain_top_k=3)`).
 For monitoring, `set_drift` gives the core drift bin edges, `drift_counts()` reads the bin counts;
 `enable_log` starts the prediction log ring buffer, which a background thread empties with `drain_log`.
 """
@@ -15,16 +17,23 @@ from libc.stdlib cimport free, malloc
 
 from ml_pipeline.native.compiled_model cimport CompiledModel
 from ml_pipeline.native.core_api cimport *
+from ml_pipeline.native.explain_api cimport vg_forest
 from ml_pipeline.native.model_api cimport vg_model
+from ml_pipeline.native.tree_explainer cimport TreeExplainer
 
 cdef enum:
     ERR_LEN = 256
-    STACK_OUT = 1024
+    STACK_OUT = 2048
 
 #: Finite upper bounds (seconds) of the core's latency histogram buckets.
 LATENCY_BUCKETS_S = tuple(vg_latency_bounds_s[i] for i in range(VG_LATENCY_BUCKETS))
 #: Most features a request may carry.
 MAX_FEATURES = VG_MAX_FEATURES
+#: Most reasons one answer carries.
+MAX_REASONS = VG_MAX_REASONS
+#: The explain policies: which answers carry reasons.
+EXPLAIN_POLICIES = {"off": VG_EXPLAIN_OFF, "request": VG_EXPLAIN_REQUEST, "flagged": VG_EXPLAIN_FLAGGED,
+                    "always": VG_EXPLAIN_ALWAYS}
 
 
 class ServingError(Exception):
@@ -47,46 +56,65 @@ cdef class ServingCore:
     """Champion/challenger slots, challenger cut and counters of one server, over libvoxguard's vg_core.
 
     Thread-safe: handle() may run in many threads while another thread swaps models; a request finishes on
-    the model it started with and a replaced model is released when its last request ends.
+    the model it started with and a replaced model is released when its last request ends. `explain` (fixed for
+    the core's life): "off" (no reasons; a request asking is told so), "request" (reasons when a request asks,
+    explain_top_k), "flagged" (also every fraud answer, with at least `explain_top_k` reasons) or "always".
     """
 
     def __cinit__(self, size_t max_request_bytes=16384, size_t max_batch_bytes=4 << 20,
-                  size_t max_batch_rows=10000):
-        self._core = vg_core_new(max_request_bytes, max_batch_bytes, max_batch_rows)
+                  size_t max_batch_rows=10000, str explain="request", unsigned int explain_top_k=3):
+        if explain not in EXPLAIN_POLICIES:
+            raise ValueError(f"explain must be one of {', '.join(EXPLAIN_POLICIES)}, not {explain!r}")
+        if not 1 <= explain_top_k <= VG_MAX_REASONS:
+            raise ValueError(f"explain_top_k must be in [1, {VG_MAX_REASONS}], not {explain_top_k}")
+        self._feature_names = {}
+        self.explain = explain
+        self.explain_top_k = explain_top_k
+        self._core = vg_core_new(max_request_bytes, max_batch_bytes, max_batch_rows, EXPLAIN_POLICIES[explain],
+                                 explain_top_k)
         if self._core is NULL:
             raise MemoryError("cannot allocate the serving core")
 
     def __dealloc__(self):
         vg_core_free(self._core)
 
-    cdef _set(self, int slot, CompiledModel model, str model_id, float threshold, int64_t cut):
+    cdef _set(self, int slot, CompiledModel model, TreeExplainer explainer, str model_id, float threshold,
+              int64_t cut):
         cdef char err[ERR_LEN]
         cdef vg_model *loaded = NULL
+        cdef vg_forest *forest = NULL
         if model is not None:
             loaded = model._require_open()
+        if model is not None and explainer is not None:
+            forest = explainer._forest
         cdef bytes encoded = (model_id or "").encode("utf-8")
         cdef const char *name = encoded
         cdef int status
         with nogil:  # waits for the requests still on the previous snapshot
-            status = vg_core_set_model(self._core, slot, loaded, name, threshold, cut, err, ERR_LEN)
+            status = vg_core_set_model(self._core, slot, loaded, forest, name, threshold, cut, err, ERR_LEN)
         if status != VG_OK:
             raise ValueError(err.decode("utf-8", "replace"))
+        if forest is not NULL:
+            self._feature_names[model_id] = explainer.feature_names
 
-    def set_champion(self, CompiledModel model, str model_id, float threshold) -> None:
-        """Serve `model` as the champion `model_id`, flagging p >= threshold (the core keeps its own reference)."""
+    def set_champion(self, CompiledModel model, str model_id, float threshold,
+                     TreeExplainer explainer=None) -> None:
+        """Serve `model` as the champion `model_id`, flagging p >= threshold, its answers explained by `explainer`
+        (None: they carry no reasons and say so); the core keeps its own references."""
         if model is None:
             raise ValueError("the champion needs a model")
-        self._set(VG_CHAMPION, model, model_id, threshold, -1)
+        self._set(VG_CHAMPION, model, explainer, model_id, threshold, -1)
 
-    def set_challenger(self, CompiledModel model, str model_id=None, float threshold=0.0, uint64_t cut=0) -> None:
-        """Put a challenger in with its routing cut (requests whose route hash is below `cut`), or take it out
-        (None), in one atomic step."""
+    def set_challenger(self, CompiledModel model, str model_id=None, float threshold=0.0, uint64_t cut=0,
+                       TreeExplainer explainer=None) -> None:
+        """Put a challenger in with its routing cut (requests whose route hash is below `cut`) and explainer, or
+        take it out (None), in one atomic step."""
         if cut > (1 << 32):
             raise ValueError("challenger cut must be in [0, 2**32]")
         if model is not None:
-            self._set(VG_CHALLENGER, model, model_id, threshold, <int64_t>cut)
+            self._set(VG_CHALLENGER, model, explainer, model_id, threshold, <int64_t>cut)
         else:
-            self._set(VG_CHALLENGER, None, None, 0.0, 0)
+            self._set(VG_CHALLENGER, None, None, None, 0.0, 0)
 
     def set_split(self, uint64_t cut) -> None:
         """Route requests whose hash is below `cut` (TrafficSplitter.challenger_cut) to the challenger."""
@@ -190,8 +218,9 @@ cdef class ServingCore:
             raise ValueError(err.decode("utf-8", "replace"))
 
     def drain_log(self, size_t max_records=4096) -> list:
-        """Up to `max_records` logged predictions, oldest first, as tuples
-        (unix time s, request_id (first 64 bytes), model_version, slot "champion"/"challenger", score, decision)."""
+        """Up to `max_records` logged predictions, oldest first, as tuples (unix time s, request_id (first 64
+        bytes), model_version, slot "champion"/"challenger", score, decision, reasons), reasons being the first
+        (at most 8) of an explained answer as (feature name, contribution) pairs, () when not explained."""
         cdef vg_log_record *records = <vg_log_record *>malloc(max_records * sizeof(vg_log_record) + 1)
         cdef size_t n, i
         cdef vg_core_stats *stats
@@ -210,19 +239,34 @@ cdef class ServingCore:
                 ids = [stats.models[i].model_id.decode("utf-8", "replace") for i in range(stats.num_models)]
             finally:
                 free(stats)
-            return [
-                (
+            drained = []
+            for i in range(n):
+                model_id = ids[records[i].model_index] if records[i].model_index < len(ids) else ""
+                drained.append((
                     records[i].time_ns / 1e9,
                     records[i].request_id[:records[i].request_id_len].decode("utf-8", "replace"),
-                    ids[records[i].model_index] if records[i].model_index < len(ids) else "",
+                    model_id,
                     "challenger" if records[i].slot == VG_CHALLENGER else "champion",
                     records[i].score,
                     records[i].decision != 0,
-                )
-                for i in range(n)
-            ]
+                    self._reasons(&records[i], model_id),
+                ))
+            return drained
         finally:
             free(records)
+
+    cdef tuple _reasons(self, vg_log_record *record, str model_id):
+        if record.num_reasons == 0:
+            return ()
+        names = self._feature_names.get(model_id, ())
+        return tuple(
+            (
+                names[record.reason_feature[j]] if record.reason_feature[j] < len(names)
+                else f"f{record.reason_feature[j]}",
+                record.reason_contribution[j],
+            )
+            for j in range(record.num_reasons)
+        )
 
     def count_refusal(self, int code) -> None:
         """Count a request the transport refused before the core saw it (gRPC `code`: 1 cancelled, 4 deadline

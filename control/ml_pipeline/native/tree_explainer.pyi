@@ -1,5 +1,6 @@
 """Types of the tree_explainer extension (tree_explainer.pyx)."""
 
+from collections.abc import Sequence
 from os import PathLike
 
 import numpy as np
@@ -13,9 +14,14 @@ class ExplainerLoadError(JobFailed): ...
 @disjoint_base
 class TreeExplainer:
     sha256: str
-    def __init__(self, data: bytes, sha256: str | None = None) -> None: ...
+    feature_names: tuple[str, ...]
+    def __init__(
+        self, data: bytes, sha256: str | None = None, feature_names: Sequence[str] | None = None
+    ) -> None: ...
     @classmethod
-    def from_file(cls, path: str | PathLike[str], sha256: str | None = None) -> TreeExplainer: ...
+    def from_file(
+        cls, path: str | PathLike[str], sha256: str | None = None, feature_names: Sequence[str] | None = None
+    ) -> TreeExplainer: ...
     @property
     def num_features(self) -> int: ...
     @property

@@ -11,6 +11,8 @@ import numpy as np
 
 cimport numpy as cnp
 
+from libc.stdlib cimport free, malloc
+
 from ml_pipeline.native.explain_api cimport (
     vg_forest,
     vg_forest_bias,
@@ -20,6 +22,7 @@ from ml_pipeline.native.explain_api cimport (
     vg_forest_margin,
     vg_forest_num_features,
     vg_forest_num_trees,
+    vg_forest_set_feature_names,
 )
 
 from ml_pipeline.errors import JobFailed
@@ -37,13 +40,11 @@ class ExplainerLoadError(JobFailed):
 cdef class TreeExplainer:
     """Contributions of each feature to a model's margin, for one row or many (`contributions`).
 
-    `TreeExplainer(data, sha256=None)` takes the packed trees' bytes (refused when `sha256` is given and
-    differs); `TreeExplainer.from_file(path, sha256=None)` reads them first."""
+    `TreeExplainer(data, sha256=None, feature_names=None)` takes the packed trees' bytes (refused when `sha256`
+    is given and differs) and the names reasons give the features (default f0, f1, ...);
+    `TreeExplainer.from_file(path, sha256=None, feature_names=None)` reads them first."""
 
-    cdef vg_forest *_forest
-    cdef readonly str sha256
-
-    def __cinit__(self, bytes data, str sha256=None):
+    def __cinit__(self, bytes data, str sha256=None, feature_names=None):
         self._forest = NULL
         digest = hashlib.sha256(data).hexdigest()
         if sha256 is not None and digest != sha256:
@@ -55,19 +56,33 @@ cdef class TreeExplainer:
         if self._forest == NULL:
             raise ExplainerLoadError(err.decode(errors="replace"))
         self.sha256 = digest
+        n = vg_forest_num_features(self._forest)
+        names = tuple(feature_names) if feature_names is not None else tuple(f"f{i}" for i in range(n))
+        encoded = [name.encode("utf-8") for name in names]
+        cdef const char **pointers = <const char **>malloc(max(len(encoded), 1) * sizeof(char *))
+        if pointers is NULL:
+            raise MemoryError("cannot allocate the feature names")
+        try:
+            for i, name in enumerate(encoded):
+                pointers[i] = name
+            if vg_forest_set_feature_names(self._forest, pointers, len(encoded), err, ERR_LEN) != 0:
+                raise ExplainerLoadError(err.decode(errors="replace"))
+        finally:
+            free(pointers)
+        self.feature_names = names
 
     def __dealloc__(self):
         vg_forest_free(self._forest)
 
     @classmethod
-    def from_file(cls, path, sha256=None):
+    def from_file(cls, path, sha256=None, feature_names=None):
         """The explainer of the packed trees at `path` (ExplainerLoadError when unreadable or not `sha256`)."""
         try:
             with open(path, "rb") as source:
                 data = source.read()
         except OSError as exc:
             raise ExplainerLoadError(f"cannot read packed trees {path}: {exc.strerror or exc}") from None
-        return cls(data, sha256)
+        return cls(data, sha256, feature_names)
 
     @property
     def num_features(self) -> int:

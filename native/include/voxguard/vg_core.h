@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "voxguard/vg_explain.h"
 #include "voxguard/vg_export.h"
 #include "voxguard/vg_model.h"
 #include "voxguard/vg_wire.h"
@@ -24,6 +25,9 @@ extern "C" {
 
 enum vg_slot { VG_CHAMPION = 0, VG_CHALLENGER = 1 };
 enum vg_call { VG_CALL_PREDICT = 0, VG_CALL_STREAM = 1, VG_CALL_BATCH = 2 };
+/* Which answers carry reasons: none (a request asking is told so), those asking (explain_top_k), also every
+ * answer flagged as fraud, or every answer (the last two with at least the core's default number of reasons). */
+enum vg_explain_policy { VG_EXPLAIN_OFF = 0, VG_EXPLAIN_REQUEST = 1, VG_EXPLAIN_FLAGGED = 2, VG_EXPLAIN_ALWAYS = 3 };
 
 #define VG_MODEL_ID_MAX 128   /* bytes, NUL included */
 #define VG_MAX_MODELS 32      /* counter blocks (distinct model ids) kept; the oldest unused one is reused */
@@ -50,15 +54,19 @@ typedef struct vg_core_stats {
 typedef struct vg_core vg_core;
 
 /* Limits: a Predict/stream message over max_request_bytes, a batch over max_batch_bytes or with more than
- * max_batch_rows rows is refused with VG_INVALID_ARGUMENT. */
-VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows);
+ * max_batch_rows rows is refused with VG_INVALID_ARGUMENT. `explain_policy` (enum vg_explain_policy) and
+ * `explain_top_k` (the reasons the flagged and always policies add, 1 to VG_MAX_REASONS) are fixed for the core's
+ * life. Returns NULL when out of memory or when the policy or k is out of range. */
+VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows,
+                            int explain_policy, uint32_t explain_top_k);
 VG_API void vg_core_free(vg_core *core);
 
-/* Put `model` (may be NULL: the slot becomes empty) into a slot with its id and threshold, and, when cut >= 0,
- * the challenger cut, all in one snapshot (a new challenger never serves under the previous one's share);
- * the core takes its own reference. Returns VG_OK or VG_INVALID_ARGUMENT with a message. */
-VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, const char *model_id, float threshold,
-                             int64_t cut, char *err, size_t errcap);
+/* Put `model` (may be NULL: the slot becomes empty) into a slot with its id, threshold and explainer (its packed
+ * trees, or NULL: its answers carry no reasons and say so), and, when cut >= 0, the challenger cut, all in one
+ * snapshot (a new challenger never serves under the previous one's share, a model never with another's
+ * explainer); the core takes its own references. Returns VG_OK or VG_INVALID_ARGUMENT with a message. */
+VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, vg_forest *explainer, const char *model_id,
+                             float threshold, int64_t cut, char *err, size_t errcap);
 
 /* Requests whose route hash is below `cut` (0..2**32) go to the challenger. */
 VG_API int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap);
@@ -107,7 +115,8 @@ VG_API void vg_core_read_drift(vg_core *core, vg_drift_counts *counts);
 /* ---- prediction log ring buffer ----
  * Off until enabled; then every scored row writes one fixed-size record into a bounded lock-free ring
  * (multi-producer, one consumer). When the ring is full the record is dropped and counted; never blocks. */
-#define VG_LOG_ID_MAX 64 /* request ids are truncated to this many bytes */
+#define VG_LOG_ID_MAX 64     /* request ids are truncated to this many bytes */
+#define VG_LOG_MAX_REASONS 8 /* an explained answer's first reasons kept in its record */
 
 typedef struct vg_log_record {
     int64_t time_ns; /* CLOCK_REALTIME */
@@ -117,6 +126,9 @@ typedef struct vg_log_record {
     uint8_t model_index; /* index of the model's counter block (vg_core_stats.models) */
     uint8_t request_id_len;
     char request_id[VG_LOG_ID_MAX];
+    uint8_t num_reasons; /* 0: the answer was not explained */
+    uint8_t reason_feature[VG_LOG_MAX_REASONS]; /* feature index, in the model's feature order */
+    float reason_contribution[VG_LOG_MAX_REASONS];
 } vg_log_record;
 
 /* Allocate the ring (capacity rounded up to a power of two) and start logging; later calls change nothing. */

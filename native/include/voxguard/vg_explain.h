@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "voxguard/vg_export.h"
+#include "voxguard/vg_wire.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,13 +31,22 @@ extern "C" {
 
 typedef struct vg_forest vg_forest;
 
-/* Check and copy the packed trees of `size` bytes at `data`. Returns the forest, or NULL with a message in err
- * (truncated, wrong magic, a child index out of range or not after its parent, a feature out of range, a tree
- * deeper than VG_FOREST_MAX_DEPTH, a non-positive cover). The caller keeps `data`. */
+/* Check and copy the packed trees of `size` bytes at `data`. Returns the forest with one reference and the
+ * feature names f0, f1, ..., or NULL with a message in err (truncated, wrong magic, a child index out of range or
+ * not after its parent, a feature out of range, a tree deeper than VG_FOREST_MAX_DEPTH, a non-positive cover).
+ * The caller keeps `data`. */
 VG_API vg_forest *vg_forest_load(const void *data, size_t size, char *err, size_t errlen);
 
-/* Free a forest from vg_forest_load (NULL is ignored). */
+/* Take one more reference (the serving core holds one per snapshot that explains with the forest). */
+VG_API void vg_forest_retain(vg_forest *forest);
+
+/* Drop a reference; the last one frees the forest (NULL is ignored). */
 VG_API void vg_forest_free(vg_forest *forest);
+
+/* Name the features in reasons: n == the forest's features, each name 1 to VG_FEATURE_NAME_MAX - 1 bytes. Call it
+ * before the forest is shared with other threads. Returns 0, or -1 with a message in err. */
+VG_API int vg_forest_set_feature_names(vg_forest *forest, const char *const *names, int32_t n, char *err,
+                                       size_t errlen);
 
 /* Number of features a row holds. */
 VG_API int32_t vg_forest_num_features(const vg_forest *forest);
@@ -53,6 +63,12 @@ VG_API double vg_forest_margin(const vg_forest *forest, const float *row);
 /* Exact contributions of one row: phi[0..num_features) per feature and phi[num_features] = the bias, so that
  * they sum to vg_forest_margin. Overwrites phi. Reentrant: no shared state, callable from any thread. */
 VG_API void vg_forest_contributions(const vg_forest *forest, const float *row, double *phi);
+
+/* The k (at most VG_MAX_REASONS and the number of features) largest contributions of one row by magnitude, largest
+ * first (ties: the lower feature index first), as reasons naming the forest's features; *bias gets the bias.
+ * Returns how many were written. */
+VG_API int32_t vg_forest_top_reasons(const vg_forest *forest, const float *row, int32_t k, vg_reason *out,
+                                     float *bias);
 
 #ifdef __cplusplus
 }
