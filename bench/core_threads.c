@@ -70,7 +70,8 @@ int main(int argc, char **argv) {
     int threads = atoi(argv[3]);
     double seconds = atof(argv[4]);
     vg_core *core = vg_core_new(16384, 4 << 20, 10000, VG_EXPLAIN_REQUEST, 3);
-    if (core == NULL || vg_core_set_model(core, VG_CHAMPION, model, NULL, "bench", 0.5f, -1, err, sizeof err) != VG_OK) {
+    if (core == NULL ||
+        vg_core_set_model(core, VG_CHAMPION, model, NULL, "bench", 0.5f, -1, err, sizeof err) != VG_OK) {
         fprintf(stderr, "cannot configure the core: %s\n", err);
         return 1;
     }

@@ -1,7 +1,8 @@
 // Load generator of the native-transport benchmark: a C++ gRPC client (Debian's libgrpc++) sending raw
 // serialized PredictionRequest bytes through the generic stub, as a native caller (the Rust engine) would.
 //
-//   native_client TARGET seq N             N sequential Predict calls: latency percentiles
+//   native_client TARGET seq N             N sequential Predict calls: latency percentiles (the requests of the
+//                                          file VG_BENCH_REQUESTS in turn, when set)
 //   native_client TARGET inflight K N      N Predict calls, K in flight at all times: calls per second
 //   native_client TARGET stream K N        one PredictStream of N messages, up to K unanswered: messages/s
 //   native_client TARGET overload K S D     S seconds of Predict calls, K in flight, each with a D ms deadline:
@@ -36,6 +37,35 @@ grpc::ByteBuffer Request() {
     return grpc::ByteBuffer(&slice, 1);
 }
 
+// The requests of the file named by VG_BENCH_REQUESTS (each a little-endian u32 length, then that many bytes of a
+// serialized PredictionRequest), else the one of Request().
+std::vector<grpc::ByteBuffer> Requests() {
+    const char *path = std::getenv("VG_BENCH_REQUESTS");
+    std::vector<grpc::ByteBuffer> out;
+    if (path == nullptr) {
+        out.push_back(Request());
+        return out;
+    }
+    FILE *file = std::fopen(path, "rb");
+    uint32_t length;
+    while (file != nullptr && std::fread(&length, sizeof length, 1, file) == 1) {
+        std::string bytes(length, '\0');
+        if (std::fread(bytes.data(), 1, length, file) != length) {
+            break;
+        }
+        grpc::Slice slice(bytes);
+        out.emplace_back(&slice, 1);
+    }
+    if (file != nullptr) {
+        std::fclose(file);
+    }
+    if (out.empty()) {
+        std::fprintf(stderr, "no requests in VG_BENCH_REQUESTS=%s\n", path);
+        std::exit(1);
+    }
+    return out;
+}
+
 [[noreturn]] void Fail(const char *what, const grpc::Status &status) {
     std::fprintf(stderr, "%s failed: %d %s\n", what, static_cast<int>(status.error_code()),
                  status.error_message().c_str());
@@ -48,10 +78,11 @@ double Percentile(std::vector<double> &sorted, double q) {
 
 void Sequential(grpc::GenericStub &stub, long n) {
     grpc::CompletionQueue cq;
-    const grpc::ByteBuffer request = Request();
+    const std::vector<grpc::ByteBuffer> requests = Requests();
     std::vector<double> micros;
     micros.reserve(n);
     for (long i = 0; i < n; ++i) {
+        const grpc::ByteBuffer &request = requests[static_cast<size_t>(i) % requests.size()];
         grpc::ClientContext context;
         grpc::ByteBuffer reply;
         grpc::Status status;

@@ -105,9 +105,7 @@ def test_open_sink_refuses_an_unknown_target() -> None:
 async def _rows(dsn: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetch(
-            "SELECT request_id, slot, decision, reasons FROM prediction_log ORDER BY request_id"
-        )
+        return await conn.fetch("SELECT request_id, slot, decision, reasons FROM prediction_log ORDER BY request_id")
     finally:
         await conn.close()
 

@@ -1,4 +1,4 @@
-"""The evaluation report: five PNG charts and an HTML page that shows them with the metrics."""
+"""The evaluation report: six PNG charts and an HTML page that shows them with the metrics."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def test_report_writes_every_chart_and_a_page_that_shows_them(tmp_path: Path) ->
     metrics = ModelEvaluator(0.7).evaluate(y, proba)
     importance = {name: float(i) for i, name in enumerate(FEATURE_NAMES)}
 
-    index = write_report(tmp_path / "report", metrics, y, proba, importance)
+    contribution = {name: 0.1 * (i + 1) for i, name in enumerate(FEATURE_NAMES)}
+    index = write_report(tmp_path / "report", metrics, y, proba, importance, contribution)
 
     assert index == tmp_path / "report" / "index.html"
     page = index.read_text()
@@ -33,3 +34,4 @@ def test_report_writes_every_chart_and_a_page_that_shows_them(tmp_path: Path) ->
         assert f'src="{name}"' in page
     assert f"{metrics.auc_score:.4f}" in page and f"{metrics.recall:.4f}" in page
     assert page.count("<tr><td>") == len(metrics.threshold_sweep)
+    assert f"<tr><th>{FEATURE_NAMES[-1]}</th><td>0.8000</td></tr>" in page  # the largest mean |contribution|

@@ -125,12 +125,16 @@ def save_training_output(run: DemoRun) -> str:
 
 
 def write_evaluation_report(run: DemoRun) -> str:
-    """Draw the ROC, precision-recall, confusion-matrix, threshold and importance charts into one page."""
+    """Draw the ROC, precision-recall, confusion-matrix, threshold, importance and contribution charts into one
+    page."""
     from ml_pipeline.training.report import write_report  # matplotlib loads only here
 
     result = _needed(run.result, "the training result")
-    test_y, importance = result.trainer.splits["test"].y, result.trainer.get_feature_importance()
-    run.report_index = write_report(run.out / "report", result.metrics, test_y, result.test_proba, importance)
+    test, importance = result.trainer.splits["test"], result.trainer.get_feature_importance()
+    contribution = result.trainer.get_mean_contribution(test.X)
+    run.report_index = write_report(
+        run.out / "report", result.metrics, test.y, result.test_proba, importance, contribution
+    )
     return f"open {run.report_index}"
 
 

@@ -42,7 +42,7 @@ typedef struct core_shard {
 } __attribute__((aligned(VG_CACHE_LINE))) core_shard;
 
 typedef struct slot_config {
-    vg_model *model;     /* NULL: empty slot */
+    vg_model *model;      /* NULL: empty slot */
     vg_forest *explainer; /* NULL: the model's answers carry no reasons */
     float threshold;
     size_t id_len;

@@ -20,6 +20,8 @@
 #define TABLE_BUDGET (1 << 23)
 /* ... and has at most this many nodes: explaining a row first notes the side it takes at each of them. */
 #define TREE_NODE_LIMIT 4096
+/* Most unique features on a tabulated leaf's path (TREE_TABLE_LIMIT allows no more: 2^13 x 13 > 2^16). */
+#define TABLE_MAX_K 12
 
 typedef struct node {
     int32_t left, right, feature;
@@ -34,8 +36,8 @@ typedef struct leaf_table {
     int32_t leaf;              /* node index */
     int32_t k;                 /* unique features on the path */
     int32_t first_step, steps; /* its path's splits in the tree's step array */
-    int32_t features[PATH_SLOTS];
-    double *contributions; /* (1 << k) x k */
+    int32_t features[TABLE_MAX_K];
+    float *contributions; /* (1 << k) x k, computed in double; float halves what a row reads */
 } leaf_table;
 
 /* One split on a leaf's path: the node, the side the path takes, and which unique feature it belongs to. */
@@ -428,7 +430,7 @@ VG_API void vg_forest_contributions(const vg_forest *forest, const float *row, d
             for (int32_t i = 0; i < leaf->steps; ++i) {
                 mask &= ~((uint32_t)(went_left[st[i].node] != st[i].goes_left) << st[i].element);
             }
-            const double *c = leaf->contributions + (size_t)mask * (size_t)leaf->k;
+            const float *c = leaf->contributions + (size_t)mask * (size_t)leaf->k;
             for (int32_t j = 0; j < leaf->k; ++j) {
                 phi[leaf->features[j]] += c[j];
             }
@@ -499,6 +501,10 @@ static void tabulate(vg_forest *forest, tree *t) {
                 ++j;
             }
             if (j == leaf->k) {
+                if (leaf->k == TABLE_MAX_K) {
+                    free_tables(t); /* too many features on one path: this tree keeps the recursion */
+                    return;
+                }
                 leaf->features[leaf->k++] = n->feature;
             }
             st->element = j;
@@ -521,7 +527,7 @@ static void tabulate(vg_forest *forest, tree *t) {
             const node *n = &t->nodes[st->node];
             zero[st->element] *= t->nodes[st->goes_left ? n->left : n->right].cover / n->cover;
         }
-        leaf->contributions = malloc(((size_t)1 << k) * (size_t)(k > 0 ? k : 1) * sizeof(double));
+        leaf->contributions = malloc(((size_t)1 << k) * (size_t)(k > 0 ? k : 1) * sizeof(float));
         if (leaf->contributions == NULL) {
             free_tables(t);
             return;
@@ -532,10 +538,10 @@ static void tabulate(vg_forest *forest, tree *t) {
             for (int32_t j = 0; j < k; ++j) {
                 extend(&forest->f, elements, j + 1, zero[j], (mask >> j) & 1u, leaf->features[j]);
             }
-            double *c = leaf->contributions + (size_t)mask * (size_t)k;
+            float *c = leaf->contributions + (size_t)mask * (size_t)k;
             for (int32_t j = 0; j < k; ++j) {
                 const double one = (mask >> j) & 1u;
-                c[j] = unwound_sum(&forest->f, elements, k, j + 1) * (one - zero[j]) * value;
+                c[j] = (float)(unwound_sum(&forest->f, elements, k, j + 1) * (one - zero[j]) * value);
             }
         }
     }

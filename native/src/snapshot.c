@@ -103,8 +103,8 @@ static int counters_for_locked(vg_core *core, const char *model_id) {
     return index;
 }
 
-VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows,
-                            int explain_policy, uint32_t explain_top_k) {
+VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows, int explain_policy,
+                            uint32_t explain_top_k) {
     if (explain_policy < VG_EXPLAIN_OFF || explain_policy > VG_EXPLAIN_ALWAYS || explain_top_k < 1 ||
         explain_top_k > VG_MAX_REASONS) {
         return NULL;

@@ -219,7 +219,7 @@ int vg_wire_decode_request(const uint8_t *buf, size_t len, vg_request *req, char
         } else if (field == 3 && wire == WT_VARINT) {
             uint64_t k;
             if (read_varint(buf, len, &pos, &k) != 0) {
-                return fail(err, errcap, "malformed request: truncated explain_top_k");
+                return fail(err, errcap, "malformed request: truncated varint of field 3 (explain_top_k)");
             }
             req->explain_top_k = (uint32_t)k; /* proto3 keeps the low 32 bits of a wider varint */
         } else if ((status = skip_value(buf, len, &pos, field, wire, 0, err, errcap)) != VG_OK) {

@@ -28,7 +28,7 @@ from ml_pipeline.records import TrainingOutput
 from ml_pipeline.training.evaluator import EvaluationMetrics, ModelEvaluator
 from ml_pipeline.training.gate import GateThresholds, quality_gate
 from ml_pipeline.training.pipeline import SourceData, TrainingSettings, run_training
-from ml_pipeline.training.trainer import ModelTrainer, gain_importance
+from ml_pipeline.training.trainer import ModelTrainer, gain_importance, mean_abs_contribution
 
 DEFAULT_RUNS_DIR = Path("models/runs")
 
@@ -192,7 +192,7 @@ def evaluate(
     if report is not None:
         from ml_pipeline.training.report import write_report  # matplotlib loads only when a report is asked for
 
-        index = write_report(report, metrics, y, proba, gain_importance(booster))
+        index = write_report(report, metrics, y, proba, gain_importance(booster), mean_abs_contribution(booster, X))
     if as_json:
         window = data_window(source, lookback, frame)
         result = {"model": str(model_path), "data_window": window, "metrics": metrics.to_dict(), "gate": gate}

@@ -1,5 +1,6 @@
-"""The prediction log: every answered prediction (time, request_id, model_version, slot, score, decision, and
-the reasons of an explained answer), written off the hot path in batches to JSON Lines files (rotated by size) or a PostgreSQL table.
+"""The prediction log: every answered prediction (time, request_id, model_version, slot, score, decision, and the
+reasons of an explained answer), written off the hot path in batches to JSON Lines files (rotated by size) or a
+PostgreSQL table.
 
 Records enter a bounded queue with `submit` (never blocks: when the queue is full the records are dropped and
 counted) and a background thread writes them in batches; a batch that cannot be written (full disk,

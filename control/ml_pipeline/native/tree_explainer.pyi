@@ -15,9 +15,7 @@ class ExplainerLoadError(JobFailed): ...
 class TreeExplainer:
     sha256: str
     feature_names: tuple[str, ...]
-    def __init__(
-        self, data: bytes, sha256: str | None = None, feature_names: Sequence[str] | None = None
-    ) -> None: ...
+    def __init__(self, data: bytes, sha256: str | None = None, feature_names: Sequence[str] | None = None) -> None: ...
     @classmethod
     def from_file(
         cls, path: str | PathLike[str], sha256: str | None = None, feature_names: Sequence[str] | None = None

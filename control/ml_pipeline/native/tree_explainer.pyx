@@ -14,7 +14,6 @@ cimport numpy as cnp
 from libc.stdlib cimport free, malloc
 
 from ml_pipeline.native.explain_api cimport (
-    vg_forest,
     vg_forest_bias,
     vg_forest_contributions,
     vg_forest_free,

@@ -1,6 +1,7 @@
-"""Evaluation report people look at: ROC, precision-recall, confusion matrix, threshold sweep, importance.
+"""Evaluation report people look at: ROC, precision-recall, confusion matrix, threshold sweep, importance, and
+each feature's mean |contribution| (exact TreeSHAP: what the reasons of served answers are made of).
 
-`write_report` draws five PNG charts with matplotlib (Agg canvas, no display needed) and one index.html
+`write_report` draws six PNG charts with matplotlib (Agg canvas, no display needed) and one index.html
 that shows them next to the metric table.
 """
 
@@ -24,6 +25,7 @@ CHARTS = {
     "confusion_matrix.png": "Confusion matrix",
     "threshold_sweep.png": "Threshold sweep",
     "feature_importance.png": "Feature importance (gain)",
+    "mean_contribution.png": "Mean |contribution| per feature (TreeSHAP)",
 }
 
 
@@ -33,8 +35,10 @@ def write_report(
     y_true: np.ndarray,
     y_proba: np.ndarray,
     feature_importance: Mapping[str, float],
+    mean_contribution: Mapping[str, float],
 ) -> Path:
-    """Write the charts and index.html into `out_dir`; returns the path of index.html."""
+    """Write the charts and index.html into `out_dir`; returns the path of index.html. `mean_contribution` is each
+    feature's mean |contribution| to the margin over the evaluated rows (trainer.mean_abs_contribution)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save(_roc(metrics, y_true, y_proba), out / "roc.png")
@@ -42,8 +46,9 @@ def write_report(
     _save(_confusion(metrics), out / "confusion_matrix.png")
     _save(_sweep(metrics), out / "threshold_sweep.png")
     _save(_importance(feature_importance), out / "feature_importance.png")
+    _save(_contribution(mean_contribution), out / "mean_contribution.png")
     index = out / "index.html"
-    index.write_text(_page(metrics))
+    index.write_text(_page(metrics, mean_contribution))
     return index
 
 
@@ -112,7 +117,15 @@ def _importance(feature_importance: Mapping[str, float]) -> Figure:
     return fig
 
 
-def _page(metrics: EvaluationMetrics) -> str:
+def _contribution(mean_contribution: Mapping[str, float]) -> Figure:
+    fig, ax = _figure()
+    ranked = sorted(mean_contribution.items(), key=lambda item: item[1])
+    ax.barh([name for name, _ in ranked], [value for _, value in ranked])
+    ax.set(xlabel="mean |contribution| to the margin (log-odds)", title="What the reasons are made of")
+    return fig
+
+
+def _page(metrics: EvaluationMetrics, mean_contribution: Mapping[str, float]) -> str:
     (tn, fp), (fn, tp) = metrics.confusion_matrix
     rows = [
         ("samples", f"{metrics.samples:,} ({metrics.positives:,} fraud)"),
@@ -133,6 +146,10 @@ def _page(metrics: EvaluationMetrics) -> str:
         f"<td>{p.f1_score:.4f}</td><td>{p.fpr:.5f}</td><td>{p.flagged:,}</td></tr>"
         for p in metrics.threshold_sweep
     )
+    contributions = "\n".join(
+        f"<tr><th>{html.escape(name)}</th><td>{value:.4f}</td></tr>"
+        for name, value in sorted(mean_contribution.items(), key=lambda item: -item[1])
+    )
     charts = "\n".join(
         f'<figure><img src="{name}" alt="{html.escape(title)}"><figcaption>{html.escape(title)}</figcaption></figure>'
         for name, title in CHARTS.items()
@@ -150,6 +167,10 @@ figure {{ display: inline-block; margin: 0 1em 1em 0; }}
 <h2>Metrics</h2>
 <table>
 {table}
+</table>
+<h2>Mean |contribution| per feature</h2>
+<table>
+{contributions}
 </table>
 <h2>Charts</h2>
 {charts}

@@ -131,6 +131,10 @@ class ModelTrainer:
         """Average gain of the splits on each feature (0.0 for a feature the model never uses)."""
         return gain_importance(self._booster())
 
+    def get_mean_contribution(self, X: np.ndarray) -> dict[str, float]:
+        """Each feature's mean |contribution| to the margin over the rows of X (see mean_abs_contribution)."""
+        return mean_abs_contribution(self._booster(), X)
+
     def save_model(self, path: str | Path, attachments: bool = True) -> Path:
         """Save the best-iteration model as XGBoost JSON (exactly the model that was evaluated).
 
@@ -180,6 +184,15 @@ class ModelTrainer:
         if self.model is None:
             raise RuntimeError("no model yet: call train() first")
         return self.model
+
+
+def mean_abs_contribution(booster: xgb.Booster, X: np.ndarray, max_rows: int = 20_000) -> dict[str, float]:
+    """Each of FEATURE_NAMES' mean |contribution| to the margin (XGBoost's exact TreeSHAP, `pred_contribs`) over
+    the first `max_rows` rows of X: how much each feature moves answers, the scale of the served reasons."""
+    rows = np.ascontiguousarray(X[:max_rows], dtype=np.float32)
+    phi = booster.predict(xgb.DMatrix(rows, feature_names=FEATURE_NAMES, missing=np.nan), pred_contribs=True)
+    means = np.abs(phi[:, : len(FEATURE_NAMES)]).mean(axis=0) if len(rows) else np.zeros(len(FEATURE_NAMES))
+    return {name: float(value) for name, value in zip(FEATURE_NAMES, means, strict=True)}
 
 
 def gain_importance(booster: xgb.Booster) -> dict[str, float]:

@@ -57,8 +57,8 @@ typedef struct vg_core vg_core;
  * max_batch_rows rows is refused with VG_INVALID_ARGUMENT. `explain_policy` (enum vg_explain_policy) and
  * `explain_top_k` (the reasons the flagged and always policies add, 1 to VG_MAX_REASONS) are fixed for the core's
  * life. Returns NULL when out of memory or when the policy or k is out of range. */
-VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows,
-                            int explain_policy, uint32_t explain_top_k);
+VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, size_t max_batch_rows, int explain_policy,
+                            uint32_t explain_top_k);
 VG_API void vg_core_free(vg_core *core);
 
 /* Put `model` (may be NULL: the slot becomes empty) into a slot with its id, threshold and explainer (its packed
@@ -126,7 +126,7 @@ typedef struct vg_log_record {
     uint8_t model_index; /* index of the model's counter block (vg_core_stats.models) */
     uint8_t request_id_len;
     char request_id[VG_LOG_ID_MAX];
-    uint8_t num_reasons; /* 0: the answer was not explained */
+    uint8_t num_reasons;                        /* 0: the answer was not explained */
     uint8_t reason_feature[VG_LOG_MAX_REASONS]; /* feature index, in the model's feature order */
     float reason_contribution[VG_LOG_MAX_REASONS];
 } vg_log_record;

@@ -67,8 +67,7 @@ VG_API void vg_forest_contributions(const vg_forest *forest, const float *row, d
 /* The k (at most VG_MAX_REASONS and the number of features) largest contributions of one row by magnitude, largest
  * first (ties: the lower feature index first), as reasons naming the forest's features; *bias gets the bias.
  * Returns how many were written. */
-VG_API int32_t vg_forest_top_reasons(const vg_forest *forest, const float *row, int32_t k, vg_reason *out,
-                                     float *bias);
+VG_API int32_t vg_forest_top_reasons(const vg_forest *forest, const float *row, int32_t k, vg_reason *out, float *bias);
 
 #ifdef __cplusplus
 }

@@ -55,7 +55,7 @@ typedef struct vg_response {
     float latency_ms;
     const uint8_t *request_id; /* field 5 of ScoredPrediction */
     size_t request_id_len;
-    int scored; /* 1: a ScoredPrediction (stream message, batch item), 0: a PredictionResponse */
+    int scored;               /* 1: a ScoredPrediction (stream message, batch item), 0: a PredictionResponse */
     const vg_reason *reasons; /* num_reasons of them, by |contribution| descending */
     int32_t num_reasons;
     int explained; /* 1: bias is written (the reasons' bias) */

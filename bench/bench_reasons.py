@@ -1,0 +1,154 @@
+"""Reason codes over the native transport: what an explained answer costs, as ratios measured in one run.
+
+Two native-transport servers on 127.0.0.1 serve the same production-size model (100 trees of depth 6, trained on
+demo alerts, compiled with its explainer): one with ML_EXPLAIN=request, one with ML_EXPLAIN=flagged. The C++
+client (bench/native_client.cc) sends demo-like rows in turn, sequentially, in interleaved rounds. Budgets:
+Predict with explain_top_k=3 p50 <= 1.5x a plain Predict's p50 (same server); with ML_EXPLAIN=flagged, at the
+demo's fraud rate, server CPU per plain Predict <= 1.10x the request policy's.
+Run: `make bench` or `.venv/bin/pytest bench/bench_reasons.py -s --benchmark-enable`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from bench_native_transport import _client, _cpu_seconds, programs  # noqa: F401 (fixture)
+from bench_server import _free_port, _wait_ready
+
+from ml_pipeline.compiler import compile_model
+from ml_pipeline.data.features import FEATURE_NAMES, LABEL
+from ml_pipeline.data.generator import generate_alerts
+from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
+from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
+
+EXPLAINED_P50_VS_PLAIN = 1.5
+FLAGGED_CPU_VS_REQUEST = 1.10
+ROUNDS = 3
+CALLS = 2000
+LIVE_ROWS = 500
+POLICIES = ("request", "flagged")
+
+
+def _registry(folder: Path) -> tuple[ModelRegistry, np.ndarray, float]:
+    """A registry whose champion is a demo-trained model with its explainer; live rows and their fraud rate."""
+    frame = generate_alerts(20_000, seed=21)
+    x = frame[FEATURE_NAMES].to_numpy(np.float32)
+    params = {"objective": "binary:logistic", "max_depth": 6, "eta": 0.1, "nthread": 2, "seed": 1}
+    booster = xgb.train(params, xgb.DMatrix(x, label=frame[LABEL], feature_names=FEATURE_NAMES), 100)
+    model_json = folder / "model.json"
+    booster.save_model(model_json)
+    registry = ModelRegistry(folder / "registry")
+    created = datetime.now(UTC).isoformat()
+    metadata = ModelMetadata(
+        model_id="reasons_v1", version="1", created_at=created, features=list(FEATURE_NAMES), threshold=0.5
+    )
+    registry.register_model(model_json, metadata)
+    registry.approve_model("reasons_v1", actor="bench")
+    result = compile_model(registry.artifact_path("reasons_v1"), folder / "compiled", "reasons_v1")
+    assert "path" in result.explainer, result.explainer
+    registry.record_compiled("reasons_v1", result.registry_record().to_dict(), actor="bench")
+    registry.promote_to_champion("reasons_v1", actor="bench")
+    live = generate_alerts(LIVE_ROWS, seed=22)[FEATURE_NAMES].to_numpy(np.float32)
+    fraud_rate = float(np.mean(booster.inplace_predict(live) >= 0.5))
+    return registry, live, fraud_rate
+
+
+def _requests_file(path: Path, rows: np.ndarray, top_k: int) -> Path:
+    """The rows as length-prefixed PredictionRequest bytes (VG_BENCH_REQUESTS of the C++ client)."""
+    with path.open("wb") as out:
+        for i, row in enumerate(rows):
+            message = pb.PredictionRequest(features=row.tolist(), request_id=f"call-{i}", explain_top_k=top_k)
+            data = message.SerializeToString()
+            out.write(struct.pack("<I", len(data)) + data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """Both servers started and answering, the two request files and the live fraud rate."""
+    folder = tmp_path_factory.mktemp("reasons_bench")
+    registry, live, fraud_rate = _registry(folder)
+    ports = {policy: _free_port() for policy in POLICIES}
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    for policy in POLICIES:
+        env = {
+            **os.environ,
+            "ML_MODEL_REGISTRY_PATH": str(registry.root),
+            "ML_INFERENCE_HOST": "127.0.0.1",
+            "ML_INFERENCE_PORT": str(ports[policy]),
+            "ML_METRICS_PORT": str(_free_port()),
+            "ML_INFERENCE_TRANSPORT": "native",
+            "ML_EXPLAIN": policy,
+        }
+        command = [sys.executable, "-m", "ml_pipeline.inference_server"]
+        processes[policy] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    try:
+        for policy in POLICIES:
+            _wait_ready(f"127.0.0.1:{ports[policy]}")
+        yield {
+            "targets": {policy: (f"127.0.0.1:{ports[policy]}", processes[policy].pid) for policy in POLICIES},
+            "plain": _requests_file(folder / "plain.bin", live, 0),
+            "explained": _requests_file(folder / "explained.bin", live, 3),
+            "fraud_rate": fraud_rate,
+        }
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            process.wait(timeout=30)
+
+
+def _sequential(client: Path, target: str, pid: int, requests: Path) -> tuple[float, float]:
+    """p50 (µs) of CALLS sequential Predicts of `requests`, and the server's CPU µs per call."""
+    os.environ["VG_BENCH_REQUESTS"] = str(requests)
+    try:
+        _client(client, target, "seq", 200)  # warm up the connection and the server's threads
+        cpu = _cpu_seconds(pid)
+        result = _client(client, target, "seq", CALLS)
+        return float(result["p50_us"]), (_cpu_seconds(pid) - cpu) / CALLS * 1e6
+    finally:
+        del os.environ["VG_BENCH_REQUESTS"]
+
+
+def test_reason_code_budgets(
+    programs: dict[str, Path],  # noqa: F811 (the fixture imported above)
+    setup: dict[str, object],
+    bench_report: Callable[[str, str], None],
+) -> None:
+    """Interleaved rounds: plain and explained calls to the request server, plain calls to the flagged one."""
+    client = programs["client"]
+    targets: dict[str, tuple[str, int]] = setup["targets"]  # type: ignore[assignment]
+    plain, explained = setup["plain"], setup["explained"]
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "explained": [], "flagged": []}
+    for _ in range(ROUNDS):
+        runs["plain"].append(_sequential(client, *targets["request"], plain))  # type: ignore[arg-type]
+        runs["explained"].append(_sequential(client, *targets["request"], explained))  # type: ignore[arg-type]
+        runs["flagged"].append(_sequential(client, *targets["flagged"], plain))  # type: ignore[arg-type]
+    p50 = {name: statistics.median(r[0] for r in rounds) for name, rounds in runs.items()}
+    cpu = {name: statistics.median(r[1] for r in rounds) for name, rounds in runs.items()}
+    section = f"reason codes (native transport, C++ client, medians of {ROUNDS} rounds)"
+    for name, label in (
+        ("plain", "Predict, ML_EXPLAIN=request"),
+        ("explained", "Predict explain_top_k=3"),
+        ("flagged", f"Predict, ML_EXPLAIN=flagged ({setup['fraud_rate']:.1%} flagged)"),
+    ):
+        bench_report(section, f"{label:<48} p50 {p50[name]:6.0f} µs, CPU {cpu[name]:5.0f} µs/call")
+    checks = [
+        ("p50 explained/plain", p50["explained"] / p50["plain"], EXPLAINED_P50_VS_PLAIN),
+        ("CPU/call flagged/request", cpu["flagged"] / cpu["plain"], FLAGGED_CPU_VS_REQUEST),
+    ]
+    for name, ratio, budget in checks:
+        bench_report(section, f"{name}: {ratio:.3f} (budget <= {budget})")
+    failures = [f"{name} = {ratio:.3f} > {budget}" for name, ratio, budget in checks if ratio > budget]
+    assert not failures, "; ".join(failures)
