@@ -639,6 +639,7 @@ mod tests {
         let request = pb::PredictionRequest {
             features: vec![1.0; 8],
             request_id: "a".into(),
+            ..Default::default()
         };
         let bytes = frame(&request);
         assert_eq!(bytes[0], 0);

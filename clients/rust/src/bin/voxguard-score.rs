@@ -102,7 +102,11 @@ fn rows() -> Vec<pb::PredictionRequest> {
             .map(|f| f.trim().parse::<f32>())
             .collect::<Result<Vec<f32>, _>>()
             .unwrap_or_else(|e| usage(&format!("line {}: {}", number + 1, e)));
-        rows.push(pb::PredictionRequest { features, request_id });
+        rows.push(pb::PredictionRequest {
+            features,
+            request_id,
+            ..Default::default()
+        });
     }
     rows
 }
