@@ -36,6 +36,17 @@ rust-client: rust-deps
 	cd clients/rust && CARGO_TARGET_DIR="$(RUST_TARGET_DIR)" cargo build --offline --release --quiet
 	@echo "rust client: $(RUST_TARGET_DIR)/release/voxguard-score"
 
+# tritonclient (gRPC and HTTP), the Open Inference Protocol client of Triton, in its own venv: it pins a protobuf
+# older than the project's. tests/test_inference_protocol.py runs this itself.
+TRITON_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/voxguard/tritonclient
+.PHONY: triton-client
+triton-client: $(TRITON_VENV)/.installed
+
+$(TRITON_VENV)/.installed: clients/tritonclient-requirements.txt
+	@test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r clients/tritonclient-requirements.txt
+	@touch $@
+
 # Prometheus and promtool (Debian's prometheus package) for the monitoring checks; as root, else a hint.
 .PHONY: monitoring-tools
 monitoring-tools:
@@ -68,7 +79,7 @@ node-client: tests/node_client/node_modules/.package-lock.json
 tests/node_client/node_modules/.package-lock.json: tests/node_client/package.json tests/node_client/package-lock.json
 	npm ci --prefix tests/node_client --no-audit --no-fund --loglevel=error
 
-control/ml_pipeline/native/.built: $(NATIVE) setup.py proto/fraud_detection.proto build/grpc-version
+control/ml_pipeline/native/.built: $(NATIVE) setup.py $(wildcard proto/*.proto) build/grpc-version
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 	@touch $@
 

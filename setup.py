@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent
 NATIVE = ROOT / "native"
 PROTOS = ROOT / "proto"
 PROTO = PROTOS / "fraud_detection.proto"
+INFERENCE_PROTO = PROTOS / "grpc_predict_v2.proto"  # the Open Inference Protocol (KServe V2)
 HEALTH_PROTO = PROTOS / "grpc" / "health" / "v1" / "health.proto"
 GENERATED = ROOT / "build" / "native_gen"
 INCLUDE = "native/include"
@@ -66,11 +67,15 @@ def _protoc_cpp(proto: Path, outputs: list[Path], *flags: str) -> list[str]:
 
 
 def _transport_generated_sources() -> list[str]:
-    """FraudDetection messages + gRPC service, and the health messages (described by server reflection)."""
+    """FraudDetection and GRPCInferenceService messages + gRPC services, and the health messages (described by
+    server reflection)."""
     plugin = f"--plugin=protoc-gen-grpc={shutil.which('grpc_cpp_plugin')}"
-    service = [GENERATED / "fraud_detection.pb.cc", GENERATED / "fraud_detection.grpc.pb.cc"]
+    sources = []
+    for proto in (PROTO, INFERENCE_PROTO):
+        service = [GENERATED / f"{proto.stem}.pb.cc", GENERATED / f"{proto.stem}.grpc.pb.cc"]
+        sources += _protoc_cpp(proto, service, f"--grpc_out={GENERATED}", plugin)
     health = [GENERATED / "grpc" / "health" / "v1" / "health.pb.cc"]
-    return _protoc_cpp(PROTO, service, f"--grpc_out={GENERATED}", plugin) + _protoc_cpp(HEALTH_PROTO, health)
+    return sources + _protoc_cpp(HEALTH_PROTO, health)
 
 
 class BuildNative(build_ext):
@@ -103,18 +108,19 @@ class BuildNative(build_ext):
         return any(ext.name.endswith(".native_transport") for ext in self.extensions)
 
     def _generate_python_messages(self) -> None:
-        """fraud_detection_pb2.py/.pyi and the .proto itself (package data, for clients) into proto_gen/."""
+        """<name>_pb2.py/.pyi of each .proto and the .proto itself (package data, for clients) into proto_gen/."""
         if self.inplace:
             out = Path(self.get_finalized_command("build_py").get_package_dir("ml_pipeline.proto_gen"))
         else:
             out = Path(self.build_lib) / "ml_pipeline" / "proto_gen"
         out.mkdir(parents=True, exist_ok=True)
-        target = out / "fraud_detection_pb2.py"
-        if target.exists() and target.stat().st_mtime >= PROTO.stat().st_mtime and (out / PROTO.name).exists():
-            return
-        args = [f"-I{PROTOS}", f"--python_out={out}", f"--pyi_out={out}", str(PROTO)]
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", *args], check=True)
-        shutil.copyfile(PROTO, out / PROTO.name)
+        for proto in (PROTO, INFERENCE_PROTO):
+            target = out / f"{proto.stem}_pb2.py"
+            if target.exists() and target.stat().st_mtime >= proto.stat().st_mtime and (out / proto.name).exists():
+                continue
+            args = [f"-I{PROTOS}", f"--python_out={out}", f"--pyi_out={out}", str(proto)]
+            subprocess.run([sys.executable, "-m", "grpc_tools.protoc", *args], check=True)
+            shutil.copyfile(proto, out / proto.name)
 
     def _shared_library(
         self,

@@ -7,6 +7,7 @@ raises one ConfigError naming the variable and what it accepts.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,6 +226,23 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _model_name(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,126}", value):
+        raise ValueError
+    return value
+
+
+_model_name.accepted = "1 to 127 letters, digits, '.', '_' or '-'"  # type: ignore[attr-defined]
+
+
+def _optional_port(raw: str) -> int | None:
+    return None if not raw.strip() else PORT(raw)
+
+
+_optional_port.accepted = "an integer from 1 to 65535 (empty: off)"  # type: ignore[attr-defined]
+
+
 #: ML_EXPLAIN: which answers carry reasons.
 EXPLAIN_POLICIES = ("off", "request", "flagged", "always")
 
@@ -360,6 +378,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "answers with reasons: when asked (request), also every fraud answer (flagged), all, or none (off)",
     ),
     EnvVar("ML_EXPLAIN_TOP_K", "3", _int_in(1, 16), "reasons the flagged and always policies give an answer"),
+    EnvVar("ML_MODEL_NAME", "fraud-detector", _model_name, "the model's name in the Open Inference Protocol"),
+    EnvVar("ML_HTTP_PORT", None, _optional_port, "port of the Open Inference Protocol over HTTP/REST (unset: off)"),
     EnvVar("ML_PREDICTION_LOG", None, _prediction_log, "log each prediction to file:PATH (JSON Lines) or a DSN"),
     EnvVar("ML_DRIFT_PUBLISH_SECONDS", "30", _float_in(0.0, 3600.0, open_low=True), "how often drift is published"),
     EnvVar("ML_DRIFT_WINDOW_SECONDS", "3600", _float_in(0.0, 604800.0, open_low=True), "traffic span drift covers"),

@@ -1,4 +1,4 @@
-/* The serving core's private state, shared by its sources (snapshot.c, request.c, drift.c, log_ring.c).
+/* The serving core's private state, shared by its sources (snapshot.c, request.c, infer.c, drift.c, log_ring.c).
  *
  * Nothing here is exported from libvoxguard: callers see only include/voxguard/vg_core.h.
  */
@@ -68,10 +68,13 @@ typedef struct drift {
     uint64_t score[EDGE_SLOTS + 1];
 } drift;
 
-/* One immutable configuration: what each slot serves, the challenger cut, the drift edges. */
+/* One immutable configuration: what each slot serves, the challenger cut, the drift edges, and the name the
+ * Open Inference Protocol serves the models under. */
 typedef struct config {
     int refcount;
     uint64_t cut;
+    size_t model_name_len;
+    char model_name[VG_MODEL_ID_MAX];
     slot_config slot[2];
     drift *drift; /* NULL: drift tracking off */
 } config;
@@ -180,6 +183,14 @@ config *vg_config_copy_locked(vg_core *core);
 /* Make `next` current and wait for the readers of the previous one (core->lock held); returns the previous
  * snapshot, which no request uses any more, for the caller to release after unlocking. */
 config *vg_config_publish_locked(vg_core *core, config *next);
+
+/* ---- the Open Inference Protocol (infer.c) ---- */
+
+/* ModelInfer: decode, route, score every row, encode; counted like the other calls by vg_core_handle. */
+int vg_infer_handle(vg_core *core, const uint8_t *req, size_t len, uint8_t *out, size_t cap, size_t *out_len, char *err,
+                    size_t errcap, uint64_t t0);
+/* Space the ModelInferResponse of a request of `len` bytes needs (an upper bound). */
+size_t vg_infer_output_bound(size_t len);
 
 /* ---- drift (drift.c) ---- */
 

@@ -6,28 +6,7 @@
  */
 #include <string.h>
 
-#include "core_internal.h"
-#include "route.h"
-
-static inline uint32_t random32(void) {
-    static __thread uint64_t state;
-    if (state == 0) {
-        state = vg_now_ns() ^ (uint64_t)(uintptr_t)&state ^ 0x9E3779B97F4A7C15ull;
-    }
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return (uint32_t)(state >> 32);
-}
-
-/* Champion or challenger for this row: by the hash of its request id, or by `draw` (random) without one. */
-static inline const slot_config *route(const config *cfg, const vg_request *req, uint32_t draw) {
-    if (cfg->slot[VG_CHALLENGER].model == NULL || cfg->cut == 0) {
-        return &cfg->slot[VG_CHAMPION];
-    }
-    uint32_t h = req->request_id_len ? vg_route_hash(req->request_id, req->request_id_len) : draw;
-    return (uint64_t)h < cfg->cut ? &cfg->slot[VG_CHALLENGER] : &cfg->slot[VG_CHAMPION];
-}
+#include "score.h"
 
 /* The random draw of row `i` of a batch: the same in both passes, independent between rows. */
 static inline uint32_t row_draw(uint32_t seed, size_t i) {
@@ -42,104 +21,6 @@ static inline int check_row(const slot_config *slot, const vg_request *req, char
                        (int)slot->model->num_feature, (int)req->num_features);
     }
     return VG_OK;
-}
-
-static inline void log_row(vg_core *core, log_ring *ring, const slot_config *slot, int s, const vg_request *req,
-                           float p, const vg_response *resp) {
-    const int fraud = resp->is_fraud;
-    vg_log_record record;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    record.time_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-    record.score = p;
-    record.decision = (uint8_t)fraud;
-    record.slot = (uint8_t)s;
-    record.model_index = (uint8_t)slot->block;
-    size_t len = req->request_id_len < VG_LOG_ID_MAX ? req->request_id_len : VG_LOG_ID_MAX;
-    record.request_id_len = (uint8_t)len;
-    memcpy(record.request_id, req->request_id, len);
-    int32_t reasons = resp->num_reasons < VG_LOG_MAX_REASONS ? resp->num_reasons : VG_LOG_MAX_REASONS;
-    record.num_reasons = (uint8_t)reasons;
-    for (int32_t i = 0; i < reasons; ++i) {
-        record.reason_feature[i] = (uint8_t)resp->reasons[i].feature_index;
-        record.reason_contribution[i] = resp->reasons[i].contribution;
-    }
-    vg_log_push(core, ring, &record);
-}
-
-static inline void observe(vg_core *core, const vg_reader *reader, const config *cfg, const slot_config *slot,
-                           int fraud, uint64_t ns) {
-    model_shard *c = &core->models[slot->block].shard[reader->shard - core->shards];
-    int b = 0;
-    while (b < VG_LATENCY_BUCKETS && ns > core->latency_bounds_ns[b]) {
-        ++b;
-    }
-    vg_add(&reader->shard->slot_requests[slot == &cfg->slot[VG_CHALLENGER]], 1);
-    vg_add(&c->requests, 1);
-    vg_add(&c->fraud, (uint64_t)fraud);
-    vg_add(&c->latency_ns_sum, ns);
-    vg_add(&c->latency_buckets[b], 1);
-}
-
-static const char REASONS_OFF[] = "reasons are turned off on this server";
-static const char NO_EXPLAINER[] = "this model has no explainer: its answers carry no reasons";
-
-/* Reasons this row's answer gets: what it asked for, raised to the core's default by the flagged (for a fraud
- * answer) and always policies. The response bound assumes the flagged policy adds them to every row. */
-static inline uint32_t reasons_wanted(const vg_core *core, const vg_request *req, int fraud) {
-    uint32_t k = req->explain_top_k;
-    if (core->explain_policy == VG_EXPLAIN_ALWAYS || (core->explain_policy == VG_EXPLAIN_FLAGGED && fraud)) {
-        k = k > core->explain_top_k ? k : core->explain_top_k;
-    }
-    return k;
-}
-
-/* Fill the explanation fields of `resp` for the row's answer; `reasons` holds VG_MAX_REASONS. */
-static inline void explain(const vg_core *core, const slot_config *slot, const vg_request *req, vg_response *resp,
-                           vg_reason *reasons) {
-    uint32_t k = reasons_wanted(core, req, resp->is_fraud);
-    if (k == 0) {
-        return;
-    }
-    if (core->explain_policy == VG_EXPLAIN_OFF) {
-        resp->explain_error = REASONS_OFF;
-        resp->explain_error_len = sizeof REASONS_OFF - 1;
-    } else if (slot->explainer == NULL) {
-        resp->explain_error = NO_EXPLAINER;
-        resp->explain_error_len = sizeof NO_EXPLAINER - 1;
-    } else {
-        int32_t asked = k < VG_MAX_REASONS ? (int32_t)k : VG_MAX_REASONS;
-        resp->num_reasons = vg_forest_top_reasons(slot->explainer, req->features, asked, reasons, &resp->bias);
-        resp->reasons = reasons;
-        resp->explained = 1;
-    }
-}
-
-/* Scores one decoded, checked row into `resp` (with its reasons, in `reasons`) and counts it: latency_ms is the
- * time since the call arrived (t_call), the histogram gets the time spent on this row since t_row (the same for a
- * single request). */
-static inline void score(vg_core *core, const vg_reader *reader, const config *cfg, const slot_config *slot,
-                         const vg_request *req, uint64_t t_call, uint64_t t_row, vg_response *resp,
-                         vg_reason *reasons) {
-    vg_entry scratch[VG_MAX_FEATURES];
-    float p = vg_model_score(slot->model, req->features, scratch);
-    memset(resp, 0, sizeof *resp);
-    resp->is_fraud = p >= slot->threshold;
-    explain(core, slot, req, resp, reasons);
-    uint64_t now = vg_now_ns();
-    resp->probability = p;
-    resp->model_version = slot->id;
-    resp->model_version_len = slot->id_len;
-    resp->latency_ms = (float)((double)(now - t_call) / 1e6);
-    observe(core, reader, cfg, slot, resp->is_fraud, now - t_row);
-    int champion = slot == &cfg->slot[VG_CHAMPION];
-    if (cfg->drift != NULL) {
-        vg_drift_count(cfg->drift, req, p, champion);
-    }
-    log_ring *ring = __atomic_load_n(&core->log, __ATOMIC_ACQUIRE);
-    if (ring != NULL) {
-        log_row(core, ring, slot, champion ? VG_CHAMPION : VG_CHALLENGER, req, p, resp);
-    }
 }
 
 /* Largest encoded response or batch item besides its request id's bytes and its reasons: item tag + length varint
@@ -173,6 +54,9 @@ VG_API size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t 
             need += ITEM_BOUND + reasons_bound(core, row, row_len);
         }
         return need;
+    }
+    if (call == VG_CALL_INFER) {
+        return vg_infer_output_bound(len);
     }
     return ITEM_BOUND + len + 16 + reasons_bound(core, req, len);
 }
@@ -290,6 +174,8 @@ VG_API int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t le
         status = handle_batch(core, req, len, out, cap, out_len, err, errcap, t0);
     } else if (call == VG_CALL_PREDICT || call == VG_CALL_STREAM) {
         status = handle_one(core, call, req, len, out, cap, out_len, err, errcap, t0);
+    } else if (call == VG_CALL_INFER) {
+        status = vg_infer_handle(core, req, len, out, cap, out_len, err, errcap, t0);
     } else {
         status = vg_fail(VG_INTERNAL, err, errcap, "unknown call kind %d", call);
     }

@@ -119,6 +119,8 @@ VG_API vg_core *vg_core_new(size_t max_request_bytes, size_t max_batch_bytes, si
     pthread_mutex_init(&core->lock, NULL);
     pthread_mutex_init(&core->log_lock, NULL);
     cfg->refcount = 1;
+    cfg->model_name_len = sizeof VG_DEFAULT_MODEL_NAME - 1;
+    memcpy(cfg->model_name, VG_DEFAULT_MODEL_NAME, sizeof VG_DEFAULT_MODEL_NAME);
     core->cfg = cfg;
     core->max_request_bytes = max_request_bytes;
     core->max_batch_bytes = max_batch_bytes;
@@ -206,6 +208,25 @@ VG_API int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap
         return vg_fail(VG_INTERNAL, err, errcap, "out of memory");
     }
     next->cut = cut;
+    config *previous = vg_config_publish_locked(core, next);
+    pthread_mutex_unlock(&core->lock);
+    vg_config_release(previous);
+    return VG_OK;
+}
+
+VG_API int vg_core_set_model_name(vg_core *core, const char *name, char *err, size_t errcap) {
+    size_t len = strlen(name);
+    if (len == 0 || len >= VG_MODEL_ID_MAX) {
+        return vg_fail(VG_INVALID_ARGUMENT, err, errcap, "the model name must have 1 to %d bytes", VG_MODEL_ID_MAX - 1);
+    }
+    pthread_mutex_lock(&core->lock);
+    config *next = vg_config_copy_locked(core);
+    if (next == NULL) {
+        pthread_mutex_unlock(&core->lock);
+        return vg_fail(VG_INTERNAL, err, errcap, "out of memory");
+    }
+    memcpy(next->model_name, name, len + 1);
+    next->model_name_len = len;
     config *previous = vg_config_publish_locked(core, next);
     pthread_mutex_unlock(&core->lock);
     vg_config_release(previous);

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "fraud_detection.grpc.pb.h"
+#include "grpc_predict_v2.grpc.pb.h"
 
 namespace voxguard {
 namespace {
@@ -276,6 +277,149 @@ class FraudDetectionService final : public RawService {
     const size_t window_;
 };
 
+// What the Open Inference Protocol's metadata calls answer: set from Python at every convergence, read per call.
+class ModelDirectory {
+  public:
+    void Set(const ModelDescription &description) {
+        std::lock_guard<std::mutex> guard(lock_);
+        description_ = description;
+    }
+
+    void SetServing(bool serving) {
+        std::lock_guard<std::mutex> guard(lock_);
+        serving_ = serving;
+    }
+
+    bool Serving() {
+        std::lock_guard<std::mutex> guard(lock_);
+        return serving_;
+    }
+
+    // Whether `name` (and `version`, or the default one when empty) can score now.
+    bool Ready(const std::string &name, const std::string &version) {
+        std::lock_guard<std::mutex> guard(lock_);
+        return serving_ && name == description_.model_name && (version.empty() || Has(version));
+    }
+
+    grpc::Status Metadata(const inference::ModelMetadataRequest &request, inference::ModelMetadataResponse *reply) {
+        std::lock_guard<std::mutex> guard(lock_);
+        const ModelDescription &d = description_;
+        if (request.name() != d.model_name) {
+            return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                "unknown model '" + request.name() + "': this server serves '" + d.model_name + "'");
+        }
+        if (!request.version().empty() && !Has(request.version())) {
+            return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                "version '" + request.version() + "' of model '" + d.model_name + "' is not serving");
+        }
+        reply->set_name(d.model_name);
+        for (const auto &version : d.versions) {
+            reply->add_versions(version);
+        }
+        reply->set_platform(d.platform);
+        auto *input = reply->add_inputs();
+        input->set_name("features");
+        input->set_datatype("FP32");
+        input->add_shape(-1);
+        input->add_shape(static_cast<int64_t>(d.feature_names.size()));
+        std::string names;
+        for (const auto &feature : d.feature_names) {
+            names += (names.empty() ? "" : ",") + feature;
+        }
+        (*input->mutable_parameters())["feature_names"].set_string_param(names);
+        auto *probability = reply->add_outputs();
+        probability->set_name("probability");
+        probability->set_datatype("FP32");
+        probability->add_shape(-1);
+        auto *is_fraud = reply->add_outputs();
+        is_fraud->set_name("is_fraud");
+        is_fraud->set_datatype("BOOL");
+        is_fraud->add_shape(-1);
+        return grpc::Status::OK;
+    }
+
+    void ServerMetadata(inference::ServerMetadataResponse *reply) {
+        std::lock_guard<std::mutex> guard(lock_);
+        reply->set_name(description_.server_name);
+        reply->set_version(description_.server_version);
+    }
+
+  private:
+    bool Has(const std::string &version) const {
+        return std::find(description_.versions.begin(), description_.versions.end(), version) !=
+               description_.versions.end();
+    }
+
+    std::mutex lock_;
+    ModelDescription description_;
+    bool serving_ = false;
+};
+
+using RawInferenceService =
+    inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<inference::GRPCInferenceService::CallbackService>;
+
+// inference.GRPCInferenceService: ModelInfer through the core as bytes (like Predict), the rest from the directory.
+class InferenceService final : public RawInferenceService {
+  public:
+    InferenceService(vg_core *core, Admission *admission, ModelDirectory *directory)
+        : core_(core), admission_(admission), directory_(directory) {}
+
+    grpc::ServerUnaryReactor *ModelInfer(grpc::CallbackServerContext *context, const grpc::ByteBuffer *request,
+                                         grpc::ByteBuffer *reply) override {
+        grpc::ServerUnaryReactor *reactor = context->DefaultReactor();
+        grpc::Status status = admission_->Enter(context);
+        if (status.ok()) {
+            status = Handle(core_, VG_CALL_INFER, *request, reply);
+            admission_->Leave();
+        }
+        reactor->Finish(status);
+        return reactor;
+    }
+
+    grpc::ServerUnaryReactor *ServerLive(grpc::CallbackServerContext *context, const inference::ServerLiveRequest *,
+                                         inference::ServerLiveResponse *reply) override {
+        reply->set_live(!admission_->Closing());
+        return Done(context, grpc::Status::OK);
+    }
+
+    grpc::ServerUnaryReactor *ServerReady(grpc::CallbackServerContext *context, const inference::ServerReadyRequest *,
+                                          inference::ServerReadyResponse *reply) override {
+        reply->set_ready(!admission_->Closing() && directory_->Serving());
+        return Done(context, grpc::Status::OK);
+    }
+
+    grpc::ServerUnaryReactor *ModelReady(grpc::CallbackServerContext *context,
+                                         const inference::ModelReadyRequest *request,
+                                         inference::ModelReadyResponse *reply) override {
+        reply->set_ready(!admission_->Closing() && directory_->Ready(request->name(), request->version()));
+        return Done(context, grpc::Status::OK);
+    }
+
+    grpc::ServerUnaryReactor *ServerMetadata(grpc::CallbackServerContext *context,
+                                             const inference::ServerMetadataRequest *,
+                                             inference::ServerMetadataResponse *reply) override {
+        directory_->ServerMetadata(reply);
+        return Done(context, grpc::Status::OK);
+    }
+
+    grpc::ServerUnaryReactor *ModelMetadata(grpc::CallbackServerContext *context,
+                                            const inference::ModelMetadataRequest *request,
+                                            inference::ModelMetadataResponse *reply) override {
+        return Done(context, directory_->Metadata(*request, reply));
+    }
+
+  private:
+    static grpc::ServerUnaryReactor *Done(grpc::CallbackServerContext *context, const grpc::Status &status) {
+        grpc::ServerUnaryReactor *reactor = context->DefaultReactor();
+        reactor->Finish(status);
+        return reactor;
+    }
+
+    vg_core *const core_;
+    Admission *const admission_;
+    ModelDirectory *const directory_;
+};
+
 // Plaintext, TLS, or mutual TLS, as the grpcio transport's ServerTLS.credentials() (tls.py).
 std::shared_ptr<grpc::ServerCredentials> Credentials(const TransportOptions &options) {
     if (options.tls_cert_chain.empty()) {
@@ -301,6 +445,8 @@ void EnableServerPlugins() {
 
 struct GrpcTransport::Impl {
     std::unique_ptr<FraudDetectionService> service; // declared first: destroyed after the server
+    ModelDirectory directory;
+    std::unique_ptr<InferenceService> inference;
     std::unique_ptr<grpc::Server> server;
     std::mutex lock;
     bool shut_down = false;
@@ -316,10 +462,12 @@ GrpcTransport *GrpcTransport::Start(vg_core *core, const TransportOptions &optio
     EnableServerPlugins();
     auto impl = std::make_unique<Impl>();
     impl->service = std::make_unique<FraudDetectionService>(core, options);
+    impl->inference = std::make_unique<InferenceService>(core, &impl->service->admission(), &impl->directory);
     int port = 0;
     grpc::ServerBuilder builder;
     builder.AddListeningPort(options.address, Credentials(options), &port);
     builder.RegisterService(impl->service.get());
+    builder.RegisterService(impl->inference.get());
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, options.reuse_port ? 1 : 0);
     if (options.max_receive_bytes > 0) {
         builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_bytes));
@@ -346,9 +494,14 @@ void GrpcTransport::SetServing(bool serving) {
     if (impl_->shut_down) {
         return;
     }
+    impl_->directory.SetServing(serving);
     grpc::HealthCheckServiceInterface *health = impl_->server->GetHealthCheckService();
     health->SetServingStatus("", serving);
     health->SetServingStatus(kServiceName, serving);
+}
+
+void GrpcTransport::Describe(const ModelDescription &description) {
+    impl_->directory.Set(description);
 }
 
 void GrpcTransport::Shutdown(double grace_seconds) {

@@ -1,10 +1,12 @@
 /* The native gRPC transport: a C++ gRPC server (callback API) serving FraudDetection from a vg_core.
  *
  * Predict, PredictBatch and PredictStream are registered as raw-bytes methods of the generated FraudDetection
- * service, so each message goes as bytes into one vg_core_handle call and the encoded reply goes back as
- * bytes; no protobuf object is built per request and no Python runs on the request path. The server also
- * exposes grpc.health.v1 (the default health service, NOT_SERVING until SetServing(true)) and server
- * reflection. Python owns the core (models, split, counters) and keeps it alive longer than the transport.
+ * service, and ModelInfer as one of the Open Inference Protocol's inference.GRPCInferenceService, so each message
+ * goes as bytes into one vg_core_handle call and the encoded reply goes back as bytes; no protobuf object is built
+ * per request and no Python runs on the request path. The protocol's metadata calls answer from a ModelDescription
+ * that Python sets at every convergence. The server also exposes grpc.health.v1 (the default health service,
+ * NOT_SERVING until SetServing(true)) and server reflection. Python owns the core (models, split, counters) and keeps
+ * it alive longer than the transport.
  */
 #ifndef VG_GRPC_TRANSPORT_H
 #define VG_GRPC_TRANSPORT_H
@@ -34,6 +36,16 @@ struct TransportOptions {
     std::vector<std::pair<std::string, int>> channel_args;
 };
 
+/* What the Open Inference Protocol's metadata calls say about the served model (ModelInfer itself asks the core). */
+struct ModelDescription {
+    std::string model_name;
+    std::vector<std::string> versions;      /* the serving model ids: champion first, then the challenger */
+    std::vector<std::string> feature_names; /* the input's columns, in order */
+    std::string platform;
+    std::string server_name;
+    std::string server_version;
+};
+
 class VG_API GrpcTransport {
   public:
     /* Bind and start serving `core`; nullptr with *error set when the address cannot be bound. */
@@ -44,6 +56,8 @@ class VG_API GrpcTransport {
     int port() const { return port_; }
     /* Health of "" and "FraudDetection": SERVING when true, else NOT_SERVING. */
     void SetServing(bool serving);
+    /* What ModelMetadata and ModelReady answer from now on (ServerReady follows SetServing). */
+    void Describe(const ModelDescription &description);
     /* Drain: health NOT_SERVING for good; answer calls already accepted (for up to half the grace, at most
      * 0.5 s), then refuse new ones with UNAVAILABLE, let running calls finish, and stop the server within
      * grace_seconds in all, cancelling what is left; returns when every call has ended. Idempotent. */

@@ -50,6 +50,12 @@ FEATURE_ORDER = ", ".join(FEATURE_NAMES)
     help="native: C++ gRPC, no Python per request; grpcio: Python gRPC [default: $ML_INFERENCE_TRANSPORT or "
     "auto = native when built, else grpcio].",
 )
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the Open Inference Protocol over HTTP/REST on this port [default: $ML_HTTP_PORT or off].",
+)
 def serve(
     registry_path: str | None,
     host: str | None,
@@ -57,8 +63,10 @@ def serve(
     metrics_port: int | None,
     workers: int | None,
     transport: str | None,
+    http_port: int | None,
 ) -> None:
-    """Serve FraudDetection (Predict, PredictBatch, PredictStream) with the registry's champion/challenger.
+    """Serve FraudDetection (Predict, PredictBatch, PredictStream) and the Open Inference Protocol
+    (inference.GRPCInferenceService, model $ML_MODEL_NAME) with the registry's champion/challenger.
 
     The server follows the registry (polled every $ML_REGISTRY_POLL_SECONDS, at once on SIGHUP) and drains
     in-flight calls on SIGTERM for up to $ML_SHUTDOWN_GRACE_SECONDS before exiting 0.
@@ -70,6 +78,7 @@ def serve(
         metrics_port=metrics_port,
         workers=workers,
         transport=transport,
+        http_port=http_port,
     )
     existing_registry(registry_path)  # a mistyped path would serve nothing, forever: refuse to start
     monitoring = MonitoringSettings.from_env()  # ML_PREDICTION_LOG checked here, before any port is bound

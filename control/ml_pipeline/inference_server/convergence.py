@@ -128,13 +128,14 @@ def trusted_library(
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified model in a slot: its id, decision threshold, the sha256 of the library that was loaded, and
-    whether its answers carry reasons (an explainer was loaded with it)."""
+    """A verified model in a slot: its id, decision threshold, the sha256 of the library that was loaded, whether
+    its answers carry reasons (an explainer was loaded with it), and its feature names in input order."""
 
     model_id: str
     threshold: float
     sha256: str
     explained: bool = False
+    features: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,9 @@ class RegistryConvergence:
             self.events["load_failed", slot] += 1
             return None
         explainer = self._explainer(slot, model_id, compiled, list(meta.features))
-        model = LoadedModel(model_id, float(meta.threshold), library.sha256, explainer is not None)
+        model = LoadedModel(
+            model_id, float(meta.threshold), library.sha256, explainer is not None, tuple(meta.features)
+        )
         return LoadedLibrary(model, library, explainer)
 
     def _explainer(

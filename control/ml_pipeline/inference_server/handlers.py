@@ -19,6 +19,26 @@ Context = aio.ServicerContext[bytes, bytes]
 _STATUS = {status.value[0]: status for status in grpc.StatusCode}
 
 
+async def admitted(
+    admission: GrpcioAdmission | None,
+    score: Callable[[bytes], bytes],
+    request: bytes,
+    context: Context,
+    in_open_stream: bool = False,
+) -> bytes:
+    """`score(request)` when `admission` (None: no admission control) lets the call in, else the call aborted
+    with the refusal; a request the core refuses aborts with the core's status and message."""
+    if admission is not None and (refused := admission.refusal(context, in_open_stream)) is not None:
+        await context.abort(*refused)
+    try:
+        return score(request)
+    except ServingError as exc:
+        await context.abort(_STATUS[exc.code], exc.message)
+    finally:
+        if admission is not None:
+            admission.leave()
+
+
 def fraud_detection_handler(
     core: ServingCore, admission: GrpcioAdmission | None = None
 ) -> grpc.GenericRpcHandler[bytes, bytes]:
@@ -26,30 +46,17 @@ def fraud_detection_handler(
     `admission`, a request is scored only when admitted (deadline, load, shutdown)."""
     handle, handle_batch, handle_stream = core.handle, core.handle_batch, core.handle_stream
 
-    async def admitted(
-        score: Callable[[bytes], bytes], request: bytes, context: Context, in_open_stream: bool = False
-    ) -> bytes:
-        if admission is not None and (refused := admission.refusal(context, in_open_stream)) is not None:
-            await context.abort(*refused)
-        try:
-            return score(request)
-        except ServingError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-        finally:
-            if admission is not None:
-                admission.leave()
-
     async def predict(request: bytes, context: Context) -> bytes:
-        return await admitted(handle, request, context)
+        return await admitted(admission, handle, request, context)
 
     async def predict_batch(request: bytes, context: Context) -> bytes:
-        return await admitted(handle_batch, request, context)
+        return await admitted(admission, handle_batch, request, context)
 
     async def predict_stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         if admission is not None and admission.closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: call another replica")
         async for request in requests:
-            yield await admitted(handle_stream, request, context, in_open_stream=True)
+            yield await admitted(admission, handle_stream, request, context, in_open_stream=True)
 
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,

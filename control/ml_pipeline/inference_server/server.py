@@ -1,5 +1,5 @@
-"""InferenceServer: grpcio (asyncio) serving FraudDetection from the native core, with health, reflection,
-Prometheus metrics, registry convergence (poll + SIGHUP) and a graceful SIGTERM drain."""
+"""InferenceServer: FraudDetection and the Open Inference Protocol (gRPC, optional HTTP/REST) from the native core,
+with health, reflection, Prometheus metrics, registry convergence (poll + SIGHUP) and a graceful SIGTERM drain."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ from ml_pipeline.errors import JobFailed, PipelineError, UsageError
 from ml_pipeline.inference_server.admission import AdmissionSettings, GrpcioAdmission
 from ml_pipeline.inference_server.convergence import RegistryConvergence
 from ml_pipeline.inference_server.handlers import SERVICE_NAME, fraud_detection_handler
+from ml_pipeline.inference_server.inference_protocol import SERVICE_NAME as INFERENCE_SERVICE
+from ml_pipeline.inference_server.inference_protocol import inference_handler
 from ml_pipeline.inference_server.metrics import CoreCollector, metrics_registry, start_metrics_server
+from ml_pipeline.inference_server.model_directory import PLATFORM, SERVER_NAME, ModelDescription, ModelDirectory
+from ml_pipeline.inference_server.rest import RestFrontend
 from ml_pipeline.inference_server.tls import ServerTLS, add_port
 from ml_pipeline.inference_server.transport import AUTO, resolve_transport, start_native_transport
 from ml_pipeline.model_registry import open_registry
@@ -88,6 +92,8 @@ class InferenceServer:
     `admission` (AdmissionSettings) bounds requests in flight, refuses late calls and sets connection limits.
     `compiled_models_dir` refuses to load a library the registry records outside that folder (RegistryConvergence).
     `explain` (ML_EXPLAIN: off, request, flagged, always) and `explain_top_k` say which answers carry reasons.
+    The same port serves the Open Inference Protocol's GRPCInferenceService for the model `model_name`;
+    `http_port` (None: off) serves the protocol's HTTP/REST side.
     """
 
     def __init__(
@@ -114,6 +120,8 @@ class InferenceServer:
         compiled_models_dir: str | None = None,
         explain: str = "request",
         explain_top_k: int = 3,
+        model_name: str = "fraud-detector",
+        http_port: int | None = None,
     ) -> None:
         self.registry = open_registry(registry_path)
         #: Whether the last read of the registry succeeded (exported as ml_registry_reachable).
@@ -132,7 +140,10 @@ class InferenceServer:
         self.reuse_port = reuse_port
         self.max_batch_bytes = max_batch_bytes
         self.transport = resolve_transport(transport)
-        self.core = ServingCore(max_request_bytes, max_batch_bytes, max_batch_rows, explain, explain_top_k)
+        self.core = ServingCore(max_request_bytes, max_batch_bytes, max_batch_rows, explain, explain_top_k, model_name)
+        self.directory = ModelDirectory(model_name)
+        self.http_port = http_port
+        self._rest: RestFrontend | None = None
         self.convergence = RegistryConvergence(self.registry, self.core, enable_ab_testing, compiled_models_dir)
         self.monitoring = ServerMonitoring(
             self.core, self.registry, self._champion_id, monitoring or MonitoringSettings.from_env()
@@ -182,6 +193,7 @@ class InferenceServer:
             )
             self._native.set_serving(self.convergence.champion is not None)
             self.port = self._native.port
+            self._describe(self.convergence.champion is not None)
         else:
             options = [
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
@@ -194,15 +206,23 @@ class InferenceServer:
                 maximum_concurrent_rpcs=self.admission.in_flight_limit,  # beyond: RESOURCE_EXHAUSTED at once
             )
             self._grpcio_admission = GrpcioAdmission(self.core, self.admission)
-            self._server.add_generic_rpc_handlers((fraud_detection_handler(self.core, self._grpcio_admission),))
+            self._server.add_generic_rpc_handlers(
+                (
+                    fraud_detection_handler(self.core, self._grpcio_admission),
+                    inference_handler(self.core, self.directory, self._grpcio_admission),
+                )
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
             service = fraud_detection_pb2.DESCRIPTOR.services_by_name[SERVICE_NAME].full_name
-            reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+            services = (service, INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(services, self._server)
             try:
                 self.port = add_port(self._server, address, self.tls)
             except RuntimeError as exc:
                 raise JobFailed(f"cannot listen on {address}: {exc}; choose another --port") from None
             await self._server.start()
+        if self.http_port is not None:
+            await self._start_rest()
         try:
             self.monitoring.start()
         except PipelineError:
@@ -226,10 +246,13 @@ class InferenceServer:
         self._watcher = asyncio.create_task(self._watch_registry())
         champion = self.convergence.champion
         log.info(
-            "serving FraudDetection on %s:%d (%s transport, metrics port %s), champion %s",
+            "serving FraudDetection and the Open Inference Protocol (model %s) on %s:%d (%s transport, HTTP port "
+            "%s, metrics port %s), champion %s",
+            self.directory.model_name,
             self.host,
             self.port,
             self.transport,
+            self.http_port or "off",
             self.metrics_port,
             champion.model_id if champion else "none yet (UNAVAILABLE until one is promoted and compiled)",
         )
@@ -265,6 +288,8 @@ class InferenceServer:
             await self._server.stop(grace)
         if self._native is not None:
             await asyncio.to_thread(self._native.shutdown, grace)
+        if self._rest is not None:
+            await self._rest.stop()
         await asyncio.to_thread(self.monitoring.stop)  # after the drain: the last predictions are logged too
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
@@ -273,6 +298,36 @@ class InferenceServer:
         self.registry.close()
         self._stopped.set()
         log.info("stopped")
+
+    async def _start_rest(self) -> None:
+        """The Open Inference Protocol's HTTP/REST side on http_port (JSON carries more bytes than protobuf)."""
+        assert self.http_port is not None
+        self._rest = RestFrontend(self.core, self.directory, 4 * self.max_batch_bytes)
+        try:
+            await self._rest.start(self.host, self.http_port, self.reuse_port)
+        except OSError as exc:
+            self._rest = None
+            await self.stop(0)
+            raise JobFailed(
+                f"cannot serve HTTP on {self.host}:{self.http_port} ({exc.strerror}): choose another --http-port"
+            ) from None
+        self.http_port = self._rest.port
+
+    def _describe(self, serving: bool) -> None:
+        """Tell the Open Inference Protocol's metadata calls which versions serve (champion first)."""
+        loaded = [m for m in (self.convergence.champion, self.convergence.challenger) if m is not None]
+        features = loaded[0].features if loaded else ()
+        description = ModelDescription(tuple(m.model_id for m in loaded), features, serving)
+        self.directory.describe(description)
+        if self._native is not None:
+            self._native.describe(
+                self.directory.model_name,
+                description.versions,
+                features,
+                PLATFORM,
+                SERVER_NAME,
+                self.directory.server_version,
+            )
 
     def _registry_status(self) -> tuple[bool, int | None]:
         return self.registry_reachable, self.convergence.generation
@@ -313,5 +368,6 @@ class InferenceServer:
             status = SERVING if self.convergence.champion is not None else NOT_SERVING
             if self._native is not None:
                 self._native.set_serving(status == SERVING)
+            self._describe(status == SERVING)
             for name in ("", SERVICE_NAME):
                 await self._health.set(name, status)

@@ -34,6 +34,8 @@ class ServerSettings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     explain: str = "request"
     explain_top_k: int = 3
+    model_name: str = "fraud-detector"
+    http_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -56,6 +58,8 @@ class ServerSettings:
             admission=AdmissionSettings.from_env(env),
             explain=env_value("ML_EXPLAIN", env),
             explain_top_k=env_value("ML_EXPLAIN_TOP_K", env),
+            model_name=env_value("ML_MODEL_NAME", env),
+            http_port=env_value("ML_HTTP_PORT", env),
         )
 
     def with_overrides(self, **changes: Any) -> ServerSettings:
@@ -88,4 +92,6 @@ class ServerSettings:
             admission=self.admission,
             explain=self.explain,
             explain_top_k=self.explain_top_k,
+            model_name=self.model_name,
+            http_port=self.http_port,
         )

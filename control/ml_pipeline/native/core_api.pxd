@@ -10,6 +10,7 @@ cdef extern from "voxguard/vg_wire.h" nogil:
     enum:
         VG_OK
         VG_INVALID_ARGUMENT
+        VG_NOT_FOUND
         VG_RESOURCE_EXHAUSTED
         VG_INTERNAL
         VG_UNAVAILABLE
@@ -25,6 +26,7 @@ cdef extern from "voxguard/vg_core.h" nogil:
         VG_CALL_PREDICT
         VG_CALL_STREAM
         VG_CALL_BATCH
+        VG_CALL_INFER
         VG_MODEL_ID_MAX
         VG_MAX_MODELS
         VG_LATENCY_BUCKETS
@@ -57,6 +59,7 @@ cdef extern from "voxguard/vg_core.h" nogil:
     void vg_core_free(vg_core *core)
     int vg_core_set_model(vg_core *core, int slot, vg_model *model, vg_forest *explainer, const char *model_id,
                           float threshold, int64_t cut, char *err, size_t errcap)
+    int vg_core_set_model_name(vg_core *core, const char *name, char *err, size_t errcap)
     int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap)
     size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len)
     int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,

@@ -27,4 +27,13 @@ class NativeTransport:
     @property
     def port(self) -> int: ...
     def set_serving(self, serving: bool) -> None: ...
+    def describe(
+        self,
+        model_name: str,
+        versions: Sequence[str],
+        feature_names: Sequence[str],
+        platform: str,
+        server_name: str,
+        server_version: str,
+    ) -> None: ...
     def shutdown(self, grace: float) -> None: ...

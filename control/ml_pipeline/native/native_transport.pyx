@@ -2,7 +2,8 @@
 # cython: language_level=3
 """The native gRPC transport, driven from Python: C++ gRPC serving FraudDetection from a ServingCore.
 
-`NativeTransport(core, "127.0.0.1:0")` starts a C++ gRPC server (callback API, its own threads) that calls
+`NativeTransport(core, "127.0.0.1:0")` starts a C++ gRPC server (callback API, its own threads), serving
+FraudDetection and the Open Inference Protocol's GRPCInferenceService, that calls
 the same serving core as the grpcio handler, so no Python runs per request; models, split, thresholds and
 counters stay with the ServingCore and the Python code configuring it. Health (grpc.health.v1) starts
 NOT_SERVING; `set_serving()` changes it. `shutdown(grace)` drains in-flight calls with the GIL released.
@@ -31,11 +32,20 @@ cdef extern from "grpc_transport.h" namespace "voxguard":
         cbool accept_compressed
         vector[pair[string, int]] channel_args
 
+    cdef cppclass ModelDescription:
+        string model_name
+        vector[string] versions
+        vector[string] feature_names
+        string platform
+        string server_name
+        string server_version
+
     cdef cppclass GrpcTransport:
         @staticmethod
         GrpcTransport *Start(vg_core *core, const TransportOptions &options, string *error) nogil
         int port()
         void SetServing(cbool serving) nogil
+        void Describe(const ModelDescription &description) nogil
         void Shutdown(double grace_seconds) nogil
 
 
@@ -95,6 +105,22 @@ cdef class NativeTransport:
         """Report SERVING (a verified champion is loaded) or NOT_SERVING on grpc.health.v1 ("" and FraudDetection)."""
         with nogil:
             self._transport.SetServing(serving)
+
+    def describe(self, str model_name, versions, feature_names, str platform, str server_name,
+                 str server_version) -> None:
+        """What the Open Inference Protocol's metadata calls say: the model name, its serving versions (champion
+        first), its input's feature names and platform, and the server's name and version."""
+        cdef ModelDescription description
+        description.model_name = model_name.encode("utf-8")
+        description.platform = platform.encode("utf-8")
+        description.server_name = server_name.encode("utf-8")
+        for version in versions:
+            description.versions.push_back(version.encode("utf-8"))
+        for name in feature_names:
+            description.feature_names.push_back(name.encode("utf-8"))
+        description.server_version = server_version.encode("utf-8")
+        with nogil:
+            self._transport.Describe(description)
 
     def shutdown(self, double grace) -> None:
         """Health NOT_SERVING, stop accepting calls, let in-flight ones finish within `grace` s, cancel the rest."""

@@ -12,6 +12,7 @@ cdef class ServingCore:
     cdef dict _feature_names
     cdef readonly str explain
     cdef readonly unsigned int explain_top_k
+    cdef readonly str model_name
 
     cdef _set(self, int slot, CompiledModel model, TreeExplainer explainer, str model_id, float threshold,
               int64_t cut)

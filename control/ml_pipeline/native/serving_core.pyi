@@ -53,6 +53,7 @@ class _CoreCounters(TypedDict):
 class ServingCore:
     explain: str
     explain_top_k: int
+    model_name: str
     def __init__(
         self,
         max_request_bytes: int = 16384,
@@ -60,6 +61,7 @@ class ServingCore:
         max_batch_rows: int = 10000,
         explain: str = "request",
         explain_top_k: int = 3,
+        model_name: str = "fraud-detector",
     ) -> None: ...
     def set_champion(
         self, model: CompiledModel, model_id: str, threshold: float, explainer: TreeExplainer | None = None
@@ -76,6 +78,7 @@ class ServingCore:
     def handle(self, request: bytes) -> bytes: ...
     def handle_stream(self, request: bytes) -> bytes: ...
     def handle_batch(self, request: bytes) -> bytes: ...
+    def handle_infer(self, request: bytes) -> bytes: ...
     def set_drift(
         self, feature_edges: Sequence[Sequence[float]] | None, score_edges: Sequence[float] | None
     ) -> None: ...

@@ -1,7 +1,8 @@
 # cython: boundscheck=False, wraparound=False
 """The serving core, configured from Python: models in champion/challenger slots, split, and one call per request.
 
-`ServingCore.handle(request_bytes) -> response_bytes` decodes a PredictionRequest, routes it on its request_id,
+`ServingCore.handle(request_bytes) -> response_bytes` (and `handle_infer` for the Open Inference Protocol's
+ModelInfer, under `model_name`) decodes a PredictionRequest, routes it on its request_id,
 scores it with the compiled model and encodes the PredictionResponse, all in C (libvoxguard, native/src); a refused
 request raises ServingError carrying the gRPC status code and the message for the client. Python only
 configures the core (`set_champion`, `set_challenger`, `set_split`) and reads `counters()` at scrape time.
@@ -62,7 +63,8 @@ cdef class ServingCore:
     """
 
     def __cinit__(self, size_t max_request_bytes=16384, size_t max_batch_bytes=4 << 20,
-                  size_t max_batch_rows=10000, str explain="request", unsigned int explain_top_k=3):
+                  size_t max_batch_rows=10000, str explain="request", unsigned int explain_top_k=3,
+                  str model_name="fraud-detector"):
         if explain not in EXPLAIN_POLICIES:
             raise ValueError(f"explain must be one of {', '.join(EXPLAIN_POLICIES)}, not {explain!r}")
         if not 1 <= explain_top_k <= VG_MAX_REASONS:
@@ -74,6 +76,13 @@ cdef class ServingCore:
                                  explain_top_k)
         if self._core is NULL:
             raise MemoryError("cannot allocate the serving core")
+        cdef char err[ERR_LEN]
+        cdef bytes name = model_name.encode("utf-8")
+        if b"\0" in name:
+            raise ValueError(f"model_name {model_name!r} contains a NUL character")
+        if vg_core_set_model_name(self._core, name, err, ERR_LEN) != VG_OK:
+            raise ValueError(f"model_name {model_name!r}: {err.decode('utf-8', 'replace')}")
+        self.model_name = model_name
 
     def __dealloc__(self):
         vg_core_free(self._core)
@@ -139,7 +148,7 @@ cdef class ServingCore:
             if out is NULL:
                 raise MemoryError("cannot allocate the response")
         try:
-            if call == VG_CALL_BATCH:
+            if call == VG_CALL_BATCH or call == VG_CALL_INFER:
                 with nogil:
                     status = vg_core_handle(self._core, call, req, n, out, cap, &out_len, err, ERR_LEN)
             else:
@@ -162,6 +171,11 @@ cdef class ServingCore:
     def handle_batch(self, bytes request) -> bytes:
         """PredictBatch: PredictionBatchRequest bytes in, PredictionBatchResponse bytes out; all rows or none."""
         return self._call(VG_CALL_BATCH, request)
+
+    def handle_infer(self, bytes request) -> bytes:
+        """ModelInfer of the Open Inference Protocol: ModelInferRequest bytes in, ModelInferResponse bytes out
+        (ServingError when refused: NOT_FOUND for another model or a version not serving)."""
+        return self._call(VG_CALL_INFER, request)
 
     def set_drift(self, feature_edges, score_edges) -> None:
         """Count live drift bins: feature i with the ascending edges feature_edges[i], the champion's score with

@@ -24,7 +24,9 @@ extern "C" {
 #endif
 
 enum vg_slot { VG_CHAMPION = 0, VG_CHALLENGER = 1 };
-enum vg_call { VG_CALL_PREDICT = 0, VG_CALL_STREAM = 1, VG_CALL_BATCH = 2 };
+/* The calls a request can be: FraudDetection's Predict, one PredictStream message, PredictBatch, and the Open
+ * Inference Protocol's ModelInfer (inference.GRPCInferenceService). */
+enum vg_call { VG_CALL_PREDICT = 0, VG_CALL_STREAM = 1, VG_CALL_BATCH = 2, VG_CALL_INFER = 3 };
 /* Which answers carry reasons: none (a request asking is told so), those asking (explain_top_k), also every
  * answer flagged as fraud, or every answer (the last two with at least the core's default number of reasons). */
 enum vg_explain_policy { VG_EXPLAIN_OFF = 0, VG_EXPLAIN_REQUEST = 1, VG_EXPLAIN_FLAGGED = 2, VG_EXPLAIN_ALWAYS = 3 };
@@ -33,6 +35,7 @@ enum vg_explain_policy { VG_EXPLAIN_OFF = 0, VG_EXPLAIN_REQUEST = 1, VG_EXPLAIN_
 #define VG_MAX_MODELS 32      /* counter blocks (distinct model ids) kept; the oldest unused one is reused */
 #define VG_LATENCY_BUCKETS 14 /* finite upper bounds; one more bucket counts the rest (+Inf) */
 #define VG_STATUS_MAX 17      /* gRPC status codes 0..16 */
+#define VG_DEFAULT_MODEL_NAME "fraud-detector" /* the Open Inference Protocol's model name until set */
 
 VG_API extern const double vg_latency_bounds_s[VG_LATENCY_BUCKETS];
 
@@ -67,6 +70,10 @@ VG_API void vg_core_free(vg_core *core);
  * explainer); the core takes its own references. Returns VG_OK or VG_INVALID_ARGUMENT with a message. */
 VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, vg_forest *explainer, const char *model_id,
                              float threshold, int64_t cut, char *err, size_t errcap);
+
+/* The model name ModelInfer requests must carry (their versions are the slots' model ids); 1 to
+ * VG_MODEL_ID_MAX - 1 bytes. A request naming another model gets VG_NOT_FOUND. */
+VG_API int vg_core_set_model_name(vg_core *core, const char *name, char *err, size_t errcap);
 
 /* Requests whose route hash is below `cut` (0..2**32) go to the challenger. */
 VG_API int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap);

@@ -21,6 +21,7 @@ extern "C" {
 enum vg_status {
     VG_OK = 0,
     VG_INVALID_ARGUMENT = 3,
+    VG_NOT_FOUND = 5,
     VG_RESOURCE_EXHAUSTED = 8,
     VG_INTERNAL = 13,
     VG_UNAVAILABLE = 14,
