@@ -57,7 +57,11 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if shutil.which("g++") is None:
         require("g++ is needed to build the native client")
     out = tmp_path_factory.mktemp("native_bench")
-    generated = [GENERATED / "fraud_detection.pb.cc", GENERATED / "fraud_detection.grpc.pb.cc"]
+    generated = [
+        GENERATED / f"{proto}.{kind}.cc"
+        for proto in ("fraud_detection", "grpc_predict_v2")
+        for kind in ("pb", "grpc.pb")
+    ]
     generated.append(GENERATED / "grpc" / "health" / "v1" / "health.pb.cc")
     builds = {
         "client": [str(BENCH_DIR / "native_client.cc"), *_pkg_config("grpc++")],

@@ -2,7 +2,8 @@
 // serialized PredictionRequest bytes through the generic stub, as a native caller (the Rust engine) would.
 //
 //   native_client TARGET seq N             N sequential Predict calls: latency percentiles (the requests of the
-//                                          file VG_BENCH_REQUESTS in turn, when set)
+//                                          file VG_BENCH_REQUESTS in turn, when set, to the method
+//                                          VG_BENCH_METHOD, when set)
 //   native_client TARGET inflight K N      N Predict calls, K in flight at all times: calls per second
 //   native_client TARGET stream K N        one PredictStream of N messages, up to K unanswered: messages/s
 //   native_client TARGET overload K S D     S seconds of Predict calls, K in flight, each with a D ms deadline:
@@ -76,7 +77,14 @@ double Percentile(std::vector<double> &sorted, double q) {
     return sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * static_cast<double>(sorted.size())))];
 }
 
+// The unary method `seq` calls: VG_BENCH_METHOD (e.g. /inference.GRPCInferenceService/ModelInfer), else Predict.
+std::string SequentialMethod() {
+    const char *method = std::getenv("VG_BENCH_METHOD");
+    return method != nullptr ? method : kPredict;
+}
+
 void Sequential(grpc::GenericStub &stub, long n) {
+    const std::string method = SequentialMethod();
     grpc::CompletionQueue cq;
     const std::vector<grpc::ByteBuffer> requests = Requests();
     std::vector<double> micros;
@@ -89,13 +97,13 @@ void Sequential(grpc::GenericStub &stub, long n) {
         void *tag;
         bool ok;
         const auto start = Clock::now();
-        auto call = stub.PrepareUnaryCall(&context, kPredict, request, &cq);
+        auto call = stub.PrepareUnaryCall(&context, method, request, &cq);
         call->StartCall();
         call->Finish(&reply, &status, &context);
         cq.Next(&tag, &ok);
         micros.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
         if (!status.ok())
-            Fail("Predict", status);
+            Fail(method.c_str(), status);
     }
     std::sort(micros.begin(), micros.end());
     std::printf("{\"calls\": %ld, \"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f}\n", n, Percentile(micros, 0.5),
