@@ -247,3 +247,18 @@ def register_compiled(registry: ModelRegistry, model: BuiltModel, threshold: flo
     registry.register_model(model.model_json, metadata, attachments=model.attachments, actor=ACTOR)
     registry.approve_model(model.model_id, actor=ACTOR)
     return registry.record_compiled(model.model_id, dict(model.compiled), actor=ACTOR)
+
+
+@functools.cache
+def inverted_model(model_id: str, seed: int = 1) -> BuiltModel:
+    """A deliberately bad model: trained on the synthetic rows with every label flipped (its scores are inverted),
+    registered and compiled like a served one."""
+    x, y = synthetic_rows(SERVED_ROWS, seed=seed)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "nthread": 1}, xgb.DMatrix(x, 1 - y), 8)
+    folder = _ROOT / "served" / model_id
+    folder.mkdir(parents=True, exist_ok=True)
+    booster.save_model(folder / "model.json")
+    metadata = ModelMetadata(
+        model_id=model_id, version="1", created_at=_now(), features=list(FEATURE_NAMES), threshold=SERVED_THRESHOLD
+    )
+    return _register_and_compile(folder / "model.json", metadata, {}, booster)

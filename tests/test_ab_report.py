@@ -89,7 +89,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 def write_log(path: Path, log: pd.DataFrame) -> Path:
     """Write the predictions as the server's prediction log does (JSON Lines sink)."""
     sink = JsonLinesSink(path)
-    sink.write([(*row, ()) for row in log.itertuples(index=False, name=None)])  # not explained: no reasons
+    sink.write([(*row, (), None) for row in log.itertuples(index=False, name=None)])  # no reasons, no shadow
     sink.close()
     return path
 

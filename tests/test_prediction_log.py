@@ -47,6 +47,7 @@ def records(n: int, start: int = 0) -> list[Record]:
             i / (n + start),
             i % 3 == 0,
             (("call_duration", 0.5), ("caller_reputation", -0.25)) if i % 3 == 0 else (),
+            ("m-s", 1 - i / (n + start), i % 2 == 0) if i % 5 == 0 else None,
         )
         for i in range(start, start + n)
     ]
@@ -65,6 +66,9 @@ def test_json_lines_round_trip_through_the_ab_reader(tmp_path: Path) -> None:
     assert first["request_id"] == "ALR-000000" and first["time"].endswith("+00:00") and first["decision"] is True
     assert first["reasons"] == {"call_duration": 0.5, "caller_reputation": -0.25}
     assert "reasons" not in json.loads(path.read_text().splitlines()[1])  # not explained: no reasons key
+    assert (first["shadow_model_version"], first["shadow_score"], first["shadow_decision"]) == ("m-s", 1.0, True)
+    assert "shadow_score" not in json.loads(path.read_text().splitlines()[1])  # not shadowed: no shadow keys
+    assert frame["shadow_score"].notna().sum() == 24 and set(frame["shadow_model_version"].dropna()) == {"m-s"}
 
 
 @pytest.mark.unit
@@ -105,7 +109,10 @@ def test_open_sink_refuses_an_unknown_target() -> None:
 async def _rows(dsn: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetch("SELECT request_id, slot, decision, reasons FROM prediction_log ORDER BY request_id")
+        return await conn.fetch(
+            "SELECT request_id, slot, decision, reasons, shadow_model_version, shadow_score FROM prediction_log "
+            "ORDER BY request_id"
+        )
     finally:
         await conn.close()
 
@@ -119,7 +126,10 @@ def test_postgres_sink_copies_batches(pg_dsn: str) -> None:
     assert len(rows) == 100 and rows[0]["request_id"] == "ALR-000000" and rows[0]["decision"] is True
     assert json.loads(rows[0]["reasons"]) == {"call_duration": 0.5, "caller_reputation": -0.25}
     assert rows[1]["reasons"] is None
-    assert len(load_predictions(pg_dsn)) == 100
+    assert (rows[0]["shadow_model_version"], rows[0]["shadow_score"]) == ("m-s", 1.0)
+    assert rows[1]["shadow_model_version"] is None and rows[1]["shadow_score"] is None
+    frame = load_predictions(pg_dsn)
+    assert len(frame) == 100 and frame["shadow_score"].notna().sum() == 20
 
 
 @pytest.mark.integration
@@ -199,8 +209,8 @@ def test_core_ring_records_each_prediction_and_drops_when_full(models: tuple[Bui
     before = time.time()
     records = core.drain_log(100)
     assert [r[1] for r in records] == [f"id-{i}" for i in range(10)] + ["x" * 64]  # ids truncated to 64 bytes
-    for (t, _, model, slot, score, decision, reasons), answer in zip(records, answers, strict=True):
-        assert reasons == ()  # nothing asked for reasons
+    for (t, _, model, slot, score, decision, reasons, shadow), answer in zip(records, answers, strict=True):
+        assert reasons == () and shadow is None  # nothing asked for reasons, no shadow served
         assert before - 5 < t <= before and model == answer.model_version
         assert slot == ("champion" if model == "log-a" else "challenger")
         assert score == pytest.approx(answer.probability) and decision == answer.is_fraud

@@ -378,6 +378,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "answers with reasons: when asked (request), also every fraud answer (flagged), all, or none (off)",
     ),
     EnvVar("ML_EXPLAIN_TOP_K", "3", _int_in(1, 16), "reasons the flagged and always policies give an answer"),
+    EnvVar("ML_PROMETHEUS_URL", None, _text, "Prometheus HTTP API the guarded rollout reads its evidence from"),
+    EnvVar(
+        "ML_ROLLOUT_POLL_SECONDS",
+        "30",
+        _float_in(0.0, 3600.0, open_low=True),
+        "how often the scheduler checks a rollout",
+    ),
     EnvVar("ML_MODEL_NAME", "fraud-detector", _model_name, "the model's name in the Open Inference Protocol"),
     EnvVar("ML_HTTP_PORT", None, _optional_port, "port of the Open Inference Protocol over HTTP/REST (unset: off)"),
     EnvVar("ML_PREDICTION_LOG", None, _prediction_log, "log each prediction to file:PATH (JSON Lines) or a DSN"),

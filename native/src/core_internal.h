@@ -26,6 +26,8 @@ typedef struct model_shard {
     uint64_t fraud;
     uint64_t latency_ns_sum;
     uint64_t latency_buckets[VG_LATENCY_BUCKETS + 1]; /* non-cumulative counts per bucket */
+    uint64_t score_buckets[VG_SCORE_BUCKETS];
+    uint64_t shadow_requests, shadow_fraud, shadow_agreements;
 } __attribute__((aligned(VG_CACHE_LINE))) model_shard;
 
 /* The counters of one model id, per shard. */
@@ -73,6 +75,8 @@ typedef struct drift {
 typedef struct config {
     int refcount;
     uint64_t cut;
+    int shadow;          /* 1: the challenger slot scores as shadow and answers nothing */
+    uint64_t shadow_cut; /* requests whose draw is below it are shadow-scored (2**32: all) */
     size_t model_name_len;
     char model_name[VG_MODEL_ID_MAX];
     slot_config slot[2];

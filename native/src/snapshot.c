@@ -98,6 +98,12 @@ static int counters_for_locked(vg_core *core, const char *model_id) {
         for (int b = 0; b <= VG_LATENCY_BUCKETS; ++b) {
             __atomic_store_n(&c->latency_buckets[b], 0, __ATOMIC_RELAXED);
         }
+        for (int b = 0; b < VG_SCORE_BUCKETS; ++b) {
+            __atomic_store_n(&c->score_buckets[b], 0, __ATOMIC_RELAXED);
+        }
+        __atomic_store_n(&c->shadow_requests, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&c->shadow_fraud, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&c->shadow_agreements, 0, __ATOMIC_RELAXED);
     }
     snprintf(block->model_id, sizeof block->model_id, "%s", model_id);
     return index;
@@ -214,6 +220,24 @@ VG_API int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap
     return VG_OK;
 }
 
+VG_API int vg_core_set_shadow(vg_core *core, int shadow, uint64_t sample_cut, char *err, size_t errcap) {
+    if (sample_cut > ((uint64_t)1 << 32)) {
+        return vg_fail(VG_INVALID_ARGUMENT, err, errcap, "shadow sample cut must be in [0, 2**32]");
+    }
+    pthread_mutex_lock(&core->lock);
+    config *next = vg_config_copy_locked(core);
+    if (next == NULL) {
+        pthread_mutex_unlock(&core->lock);
+        return vg_fail(VG_INTERNAL, err, errcap, "out of memory");
+    }
+    next->shadow = shadow != 0;
+    next->shadow_cut = sample_cut;
+    config *previous = vg_config_publish_locked(core, next);
+    pthread_mutex_unlock(&core->lock);
+    vg_config_release(previous);
+    return VG_OK;
+}
+
 VG_API int vg_core_set_model_name(vg_core *core, const char *name, char *err, size_t errcap) {
     size_t len = strlen(name);
     if (len == 0 || len >= VG_MODEL_ID_MAX) {
@@ -258,6 +282,12 @@ VG_API void vg_core_read_stats(vg_core *core, vg_core_stats *stats) {
             for (int b = 0; b <= VG_LATENCY_BUCKETS; ++b) {
                 o->latency_buckets[b] += vg_load(&c->latency_buckets[b]);
             }
+            for (int b = 0; b < VG_SCORE_BUCKETS; ++b) {
+                o->score_buckets[b] += vg_load(&c->score_buckets[b]);
+            }
+            o->shadow_requests += vg_load(&c->shadow_requests);
+            o->shadow_fraud += vg_load(&c->shadow_fraud);
+            o->shadow_agreements += vg_load(&c->shadow_agreements);
         }
     }
     pthread_mutex_unlock(&core->lock);

@@ -25,6 +25,7 @@ from ml_pipeline.data.sources import data_window, is_dsn
 from ml_pipeline.errors import JobFailed, UsageError
 from ml_pipeline.monitoring.ab_report import ABReport, load_labels, load_predictions
 from ml_pipeline.monitoring.drift import PSI_ACT
+from ml_pipeline.monitoring.paired_report import PairedReport, shadow_records
 
 WINDOW_UNITS = {"h": 1 / 24, "d": 1.0, "w": 7.0}
 
@@ -117,7 +118,8 @@ def drift_report(
 @click.option("--seed", type=int, default=7, show_default=True, help="Bootstrap seed.")
 @json_option
 def ab_report(log_source: str, label_source: str | None, bootstrap: int, seed: int, as_json: bool) -> None:
-    """Champion versus challenger on logged, labelled predictions: per-arm metrics with 95 % intervals.
+    """Champion versus challenger on logged, labelled predictions: per-arm metrics with 95 % intervals; on a
+    shadow log, also both models on the same requests (paired bootstrap, McNemar).
 
     A prediction is joined to its label on request_id = alert_id: the caller must send the alert's id as
     the Predict request_id. When no logged request_id matches a label the report exits 1 and says so."""
@@ -126,13 +128,19 @@ def ab_report(log_source: str, label_source: str | None, bootstrap: int, seed: i
     predictions = load_predictions(log_source, database_password(log_source, config) if is_dsn(log_source) else None)
     labels = load_labels(labels_from, database_password(labels_from, config) if is_dsn(labels_from) else None)
     report = ABReport.compute(predictions, labels, n_bootstrap=bootstrap, seed=seed)
+    shadowed = not shadow_records(predictions).empty
+    paired = PairedReport.compute(predictions, labels, n_bootstrap=bootstrap, seed=seed) if shadowed else None
     if as_json:
-        emit(report.to_dict(), as_json=True)
+        emit({**report.to_dict(), "paired": paired.to_dict() if paired else None}, as_json=True)
         return
     emit(
         [arm.row() for arm in report.arms], as_json=False, title=f"A/B report ({report.joined:,} labelled predictions)"
     )
     click.echo(report.verdict)
+    if paired is not None:
+        click.echo("\nshadow, paired on the same requests:")
+        for line in paired.lines():
+            click.echo(line)
 
 
 COMMANDS = [drift_report, ab_report]

@@ -9,6 +9,7 @@ Every run, whatever its outcome, leaves a run record that `ml-pipeline runs show
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 
 import click
 
+from ml_pipeline.ab_testing.auto_rollout import AutoRollout, RolloutDriver
+from ml_pipeline.ab_testing.evidence import PrometheusMetrics
 from ml_pipeline.cli.checks import existing_registry, writable_dir, writable_registry, writing
 from ml_pipeline.cli.output import emit, json_option
-from ml_pipeline.config import MLPipelineConfig
+from ml_pipeline.config import MLPipelineConfig, env_value
 from ml_pipeline.errors import JobFailed
 from ml_pipeline.model_registry import open_registry
 from ml_pipeline.retraining import RetrainSettings, RunRecord, RunStore, retrain
@@ -214,8 +217,16 @@ def runs_show(run_id: str, registry_path: str | None, runs_path: Path | None, as
 def scheduler_cmd(
     once: bool, data: str | None, registry_path: str | None, runs_path: Path | None, dask_scheduler: str | None
 ) -> None:
-    """Run `retrain` on ML_TRAINING_SCHEDULE in ML_TRAINING_TIMEZONE until SIGTERM (one run per slot)."""
+    """Run `retrain` on ML_TRAINING_SCHEDULE in ML_TRAINING_TIMEZONE until SIGTERM (one run per slot).
+
+    With ML_PROMETHEUS_URL set it also drives the registry's automatic rollout, if one runs (started with
+    `ml-pipeline rollout auto`), checking every ML_ROLLOUT_POLL_SECONDS."""
     ctx = RetrainContext(registry_path, runs_path, write=True)
+    prometheus = os.environ.get("ML_PROMETHEUS_URL")
+    driver = None
+    if prometheus:
+        controller = AutoRollout(ctx.registry, PrometheusMetrics(prometheus))
+        driver = RolloutDriver(controller, env_value("ML_ROLLOUT_POLL_SECONDS")).start()
 
     def job(slot: datetime) -> RunRecord:
         return ctx.retrain(data, dask_scheduler, trigger="schedule", slot=slot)
@@ -226,7 +237,11 @@ def scheduler_cmd(
     )
     scheduler.install_signal_handlers()
     log.info("scheduler: %r in %s, runs recorded in %s", training.schedule, training.timezone, ctx.runs.root)
-    scheduler.run(max_slots=1 if once else None)
+    try:
+        scheduler.run(max_slots=1 if once else None)
+    finally:
+        if driver is not None:
+            driver.stop()
 
 
 COMMANDS = [retrain_cmd, runs_group, scheduler_cmd]

@@ -167,6 +167,8 @@ class RegistryConvergence:
         self.champion: LoadedModel | None = None
         self.challenger: LoadedModel | None = None
         self.traffic_splitter = TrafficSplitter(1.0, 0.0)
+        #: The share of requests the challenger scores as shadow (None: it is an A/B challenger, or there is none).
+        self.shadow_sample: float | None = None
         self.generation: int | None = None
         self.events: Counter[tuple[str, str]] = Counter()  # (event, slot) -> count, exported as metrics
         self._lock = threading.Lock()
@@ -205,6 +207,8 @@ class RegistryConvergence:
                 self._swapped("champion", model)
         challenger_id = state.challenger_id if self.enable_ab_testing else None
         share = state.challenger_share if challenger_id is not None else 0.0
+        rollout = state.rollout or {}
+        shadow = float(rollout.get("shadow_sample", 1.0)) if challenger_id and rollout.get("mode") == "shadow" else None
         if challenger_id is None:
             if self.challenger is not None:
                 self.core.set_challenger(None)
@@ -216,6 +220,7 @@ class RegistryConvergence:
             if loaded is not None:
                 model = loaded.model
                 splitter = TrafficSplitter(1.0 - share, share)
+                self._set_shadow(shadow)  # before the model: a shadow never answers, not even once
                 self.core.set_challenger(
                     loaded.library, model.model_id, model.threshold, splitter.challenger_cut, loaded.explainer
                 )
@@ -224,12 +229,26 @@ class RegistryConvergence:
                 self._swapped("challenger", model)
         if self.challenger is not None and self.traffic_splitter.model_b_traffic != share:
             splitter = TrafficSplitter(1.0 - share, share)
-            self.core.set_split(splitter.challenger_cut)
+            self.core.set_split(splitter.challenger_cut)  # ignored while shadow is on: the cut comes first
             self.traffic_splitter = splitter
             log.info("traffic split: challenger %s gets %.1f%%", self.challenger.model_id, 100 * share)
             self.events["split", "challenger"] += 1
         if self.challenger is None:
             self.traffic_splitter = TrafficSplitter(1.0, 0.0)
+            shadow = None
+        self._set_shadow(shadow)
+
+    def _set_shadow(self, sample: float | None) -> None:
+        """Turn shadow mode on (the challenger scores `sample` of requests, answering none) or off."""
+        if sample == self.shadow_sample:
+            return
+        self.core.set_shadow(sample)
+        self.shadow_sample = sample
+        if sample is None:
+            log.info("shadow mode off")
+        else:
+            log.info("challenger serves as shadow on %.0f%% of requests (the champion answers)", 100 * sample)
+        self.events["shadow" if sample is not None else "shadow_off", "challenger"] += 1
 
     def _load(self, slot: str, model_id: str) -> LoadedLibrary | None:
         try:

@@ -2,7 +2,10 @@
 
 Names (the dashboard and the alert rules use them): ml_predictions_total{model_version}, ml_prediction_latency_seconds
 {model_version} (histogram, time spent in the core), ml_fraud_detected_total{model_version},
-ml_model_a_requests_total, ml_model_b_requests_total; plus ml_prediction_errors_total{code} and
+ml_model_a_requests_total, ml_model_b_requests_total; ml_prediction_score{model_version} (histogram of a model's
+answers and shadow scores), ml_shadow_predictions_total, ml_shadow_fraud_detected_total and
+ml_shadow_agreements_total{model_version} (a shadow model's scores, flags, and decisions equal to the champion's);
+plus ml_prediction_errors_total{code} and
 ml_model_events_total{event,slot} (swap, load_failed, unload, split, registry_error), and the registry as the
 server last saw it: ml_registry_reachable (1 when the last poll read it, 0 while it cannot) and
 ml_registry_generation (the generation being served).
@@ -53,14 +56,31 @@ class CoreCollector(Collector):
         latency = HistogramMetricFamily(
             "ml_prediction_latency_seconds", "Time in the serving core per prediction", labels=["model_version"]
         )
+        scores = HistogramMetricFamily(
+            "ml_prediction_score", "Scores of a model: its answers and its shadow scores", labels=["model_version"]
+        )
+        shadow = {
+            key: CounterMetricFamily(name, text, labels=["model_version"])
+            for key, name, text in (
+                ("shadow_requests", "ml_shadow_predictions", "Requests a shadow model scored beside the champion"),
+                ("shadow_fraud", "ml_shadow_fraud_detected", "Shadow scores flagged as fraud"),
+                ("shadow_agreements", "ml_shadow_agreements", "Shadow decisions equal to the champion's answer"),
+            )
+        }
         for model_id, c in counters["models"].items():
             predictions.add_metric([model_id], c["requests"])
             fraud.add_metric([model_id], c["fraud"])
             buckets = [(floatToGoString(bound), count) for bound, count in c["latency_buckets"]]
             latency.add_metric([model_id], buckets, c["latency_sum_s"])
+            scores.add_metric([model_id], [(floatToGoString(b), n) for b, n in c["score_buckets"]], None)
+            shadow["shadow_requests"].add_metric([model_id], c["shadow_requests"])
+            shadow["shadow_fraud"].add_metric([model_id], c["shadow_fraud"])
+            shadow["shadow_agreements"].add_metric([model_id], c["shadow_agreements"])
         yield predictions
         yield fraud
         yield latency
+        yield scores
+        yield from shadow.values()
         yield CounterMetricFamily(
             "ml_model_a_requests", "Requests answered by the champion", counters["champion_requests"]
         )

@@ -94,6 +94,22 @@ class DatabaseRegistry(ModelRegistry):
         """Close this registry's connections and its private event loop."""
         self.session.close()
 
+    @contextlib.contextmanager
+    def controller_lock(self, name: str) -> Iterator[None]:
+        """Held by the one controller that drives `name` (the automatic rollout) of this registry: a session-level
+        advisory lock on a connection of its own, so the database releases it when the controller's connection
+        ends, even when the process is killed; a second controller gets a RegistryError at once."""
+        conn = self.session.run(self.session.connect())
+        try:
+            key = f"voxguard-registry-{name}"
+            if not self.session.run(conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key)):
+                raise RegistryError(
+                    f"another controller drives the {name} of {self.location}; stop it first, or let it finish"
+                )
+            yield
+        finally:
+            self.session.run(conn.close())
+
     # ---- queries ----
 
     def _call(self, fn: Callable[[asyncpg.Connection], Any]) -> Any:

@@ -79,6 +79,15 @@ class DatabaseSession:
 
     # ---- connections ----
 
+    async def connect(self) -> asyncpg.Connection:
+        """A connection of the caller's own, outside the pool (to hold a session-level lock)."""
+        try:
+            return await database.connect(
+                self.dsn, self._password, timeout=self._connect_timeout, what="the model registry database"
+            )
+        except JobFailed as exc:
+            raise RegistryUnavailable(str(exc)) from None
+
     async def _acquire(self) -> asyncpg.Connection:
         while self._idle:
             conn = self._idle.pop()

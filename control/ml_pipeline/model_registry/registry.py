@@ -87,6 +87,22 @@ class ModelRegistry:
     def close(self) -> None:
         """Release what the registry holds open (nothing for a directory)."""
 
+    @contextlib.contextmanager
+    def controller_lock(self, name: str) -> Iterator[None]:
+        """Held by the one controller that drives `name` (the automatic rollout) of this registry; a second one
+        gets a RegistryError at once. Released when the block ends or the process dies (even by kill -9)."""
+        lock = FileLock(self.root / f".{name}.controller.lock", timeout=0, mode=storage.FILE_MODE)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RegistryError(
+                f"another controller drives the {name} of {self.location}; stop it first, or let it finish"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     def generation(self) -> int:
         """The serving state's generation alone: what a server polls to know whether anything changed."""
         return self.serving_state().generation

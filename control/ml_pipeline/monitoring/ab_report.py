@@ -26,7 +26,7 @@ from ml_pipeline.data import database
 from ml_pipeline.data.database import is_dsn
 from ml_pipeline.data.sources import file_path
 from ml_pipeline.errors import JobFailed, UsageError
-from ml_pipeline.monitoring.prediction_log import LOG_COLUMNS, LOG_TABLE
+from ml_pipeline.monitoring.prediction_log import LOG_COLUMNS, LOG_TABLE, SHADOW_COLUMNS
 from ml_pipeline.redaction import redact
 
 ARMS = ("champion", "challenger")
@@ -229,14 +229,16 @@ def load_predictions(source: str, password: str | None = None) -> pd.DataFrame:
     ...) or a DSN."""
     database.check_scheme(source, "--log", alternatives="a JSON Lines file (FILE or file:FILE)")
     if is_dsn(source):
-        sql = f"SELECT {', '.join(LOG_COLUMNS)} FROM {LOG_TABLE}"
-        frame = asyncio.run(_fetch(source, sql, LOG_COLUMNS, password))
+        columns = (*LOG_COLUMNS, *SHADOW_COLUMNS)
+        sql = f"SELECT {', '.join(columns)} FROM {LOG_TABLE}"
+        frame = asyncio.run(_fetch(source, sql, columns, password))
     else:
         frame = _read_jsonl(Path(file_path(source)))
     missing = [c for c in LOG_COLUMNS if c not in frame]
     if missing:
         raise UsageError(f"{redact(source)}: prediction log records lack {', '.join(missing)}")
     frame["request_id"] = frame["request_id"].astype(str)
+    frame["shadow_score"] = pd.to_numeric(frame["shadow_score"], errors="coerce")
     return frame
 
 
@@ -277,7 +279,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                         records.append(json.loads(line))
                     except json.JSONDecodeError:
                         raise UsageError(f"{file}:{number}: not a JSON record") from None
-    return pd.DataFrame.from_records(records, columns=list(LOG_COLUMNS))
+    return pd.DataFrame.from_records(records, columns=[*LOG_COLUMNS, *SHADOW_COLUMNS])
 
 
 def _rotation_index(path: Path) -> int:

@@ -42,16 +42,26 @@ SCHEMA = f"""CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
     slot          text NOT NULL,
     score         real NOT NULL,
     decision      boolean NOT NULL,
-    reasons       jsonb
+    reasons       jsonb,
+    shadow_model_version text,
+    shadow_score  real,
+    shadow_decision boolean
 );
 ALTER TABLE {LOG_TABLE} ADD COLUMN IF NOT EXISTS reasons jsonb;
+ALTER TABLE {LOG_TABLE} ADD COLUMN IF NOT EXISTS shadow_model_version text;
+ALTER TABLE {LOG_TABLE} ADD COLUMN IF NOT EXISTS shadow_score real;
+ALTER TABLE {LOG_TABLE} ADD COLUMN IF NOT EXISTS shadow_decision boolean;
 CREATE INDEX IF NOT EXISTS {LOG_TABLE}_request_id_idx ON {LOG_TABLE} (request_id)"""
 #: The reasons column: {feature: contribution} of an explained answer, largest first; NULL when not explained.
 REASONS_COLUMN = "reasons"
 
+#: The shadow columns: the shadow model's version, score and decision for a request it scored too (else NULL).
+SHADOW_COLUMNS = ("shadow_model_version", "shadow_score", "shadow_decision")
+
 #: One record: (unix time s, request_id, model_version, slot "champion"/"challenger", score, decision,
-#: reasons as (feature, contribution) pairs, largest first; () when the answer was not explained).
-Record = tuple[float, str, str, str, float, bool, tuple[tuple[str, float], ...]]
+#: reasons as (feature, contribution) pairs, largest first, () when the answer was not explained; and the shadow
+#: model's (model_version, score, decision) when it scored the request too, else None).
+Record = tuple[float, str, str, str, float, bool, tuple[tuple[str, float], ...], tuple[str, float, bool] | None]
 
 
 def reasons_object(reasons: tuple[tuple[str, float], ...]) -> dict[str, float]:
@@ -92,7 +102,7 @@ class JsonLinesSink:
 
     @staticmethod
     def _line(record: Record) -> dict[str, object]:
-        t, rid, model, slot, score, decision, reasons = record
+        t, rid, model, slot, score, decision, reasons, shadow = record
         line: dict[str, object] = {
             "time": datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds"),
             "request_id": rid,
@@ -103,6 +113,12 @@ class JsonLinesSink:
         }
         if reasons:
             line["reasons"] = reasons_object(reasons)
+        if shadow is not None:
+            line["shadow_model_version"], line["shadow_score"], line["shadow_decision"] = (
+                shadow[0],
+                round(shadow[1], 7),
+                shadow[2],
+            )
         return line
 
     def close(self) -> None:
@@ -152,11 +168,17 @@ class PostgresSink:
     async def _write(self, batch: Sequence[Record]) -> None:
         conn = await self._connection()
         rows = [
-            (datetime.fromtimestamp(r[0], UTC), *r[1:6], json.dumps(reasons_object(r[6])) if r[6] else None)
+            (
+                datetime.fromtimestamp(r[0], UTC),
+                *r[1:6],
+                json.dumps(reasons_object(r[6])) if r[6] else None,
+                *(r[7] if r[7] is not None else (None, None, None)),
+            )
             for r in batch
         ]
+        columns = [*LOG_COLUMNS, REASONS_COLUMN, *SHADOW_COLUMNS]
         try:
-            await conn.copy_records_to_table(LOG_TABLE, records=rows, columns=[*LOG_COLUMNS, REASONS_COLUMN])
+            await conn.copy_records_to_table(LOG_TABLE, records=rows, columns=columns)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await self._drop_connection()
             raise

@@ -31,6 +31,7 @@ cdef extern from "voxguard/vg_core.h" nogil:
         VG_MAX_MODELS
         VG_LATENCY_BUCKETS
         VG_STATUS_MAX
+        VG_SCORE_BUCKETS
         VG_EXPLAIN_OFF
         VG_EXPLAIN_REQUEST
         VG_EXPLAIN_FLAGGED
@@ -44,6 +45,10 @@ cdef extern from "voxguard/vg_core.h" nogil:
         uint64_t fraud
         uint64_t latency_ns_sum
         uint64_t latency_buckets[15]
+        uint64_t score_buckets[10]
+        uint64_t shadow_requests
+        uint64_t shadow_fraud
+        uint64_t shadow_agreements
 
     ctypedef struct vg_core_stats:
         uint64_t slot_requests[2]
@@ -60,6 +65,7 @@ cdef extern from "voxguard/vg_core.h" nogil:
     int vg_core_set_model(vg_core *core, int slot, vg_model *model, vg_forest *explainer, const char *model_id,
                           float threshold, int64_t cut, char *err, size_t errcap)
     int vg_core_set_model_name(vg_core *core, const char *name, char *err, size_t errcap)
+    int vg_core_set_shadow(vg_core *core, int shadow, uint64_t sample_cut, char *err, size_t errcap)
     int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap)
     size_t vg_core_output_bound(const vg_core *core, int call, const uint8_t *req, size_t len)
     int vg_core_handle(vg_core *core, int call, const uint8_t *req, size_t len, uint8_t *out, size_t cap,
@@ -94,6 +100,10 @@ cdef extern from "voxguard/vg_core.h" nogil:
         uint8_t num_reasons
         uint8_t reason_feature[8]
         float reason_contribution[8]
+        uint8_t shadowed
+        uint8_t shadow_decision
+        uint8_t shadow_model_index
+        float shadow_score
 
     int vg_core_set_drift(vg_core *core, int num_features, const int *num_edges, const float *edges,
                           int num_score_edges, const float *score_edges, char *err, size_t errcap)

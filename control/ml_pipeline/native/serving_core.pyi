@@ -22,8 +22,9 @@ class ServingError(Exception):
 # annotations, under `if TYPE_CHECKING:`.
 
 #: One drained prediction: (unix time s, request_id, model_version, "champion"/"challenger", score, decision,
-#: reasons as (feature name, contribution) pairs, () when not explained).
-_LogRecord = tuple[float, str, str, str, float, bool, tuple[tuple[str, float], ...]]
+#: reasons as (feature name, contribution) pairs, () when not explained, the shadow's (model_version, score,
+#: decision) when it scored the request too, else None).
+_LogRecord = tuple[float, str, str, str, float, bool, tuple[tuple[str, float], ...], tuple[str, float, bool] | None]
 
 class _DriftCounts(TypedDict):
     """`drift_counts()`: cumulative bin counts since the edges were set."""
@@ -40,6 +41,10 @@ class _ModelCounters(TypedDict):
     fraud: int
     latency_sum_s: float
     latency_buckets: list[tuple[float, int]]  # cumulative (upper bound s, count), the last bound +inf
+    score_buckets: list[tuple[float, int]]  # cumulative (upper bound, count) of its scores, the last bound +inf
+    shadow_requests: int  # requests it scored as shadow
+    shadow_fraud: int  # of those, flagged by it
+    shadow_agreements: int  # of those, where its decision was the champion's
 
 class _CoreCounters(TypedDict):
     """`counters()`: counters since start."""
@@ -74,6 +79,7 @@ class ServingCore:
         cut: int = 0,
         explainer: TreeExplainer | None = None,
     ) -> None: ...
+    def set_shadow(self, sample: float | None = None) -> None: ...
     def set_split(self, cut: int) -> None: ...
     def handle(self, request: bytes) -> bytes: ...
     def handle_stream(self, request: bytes) -> bytes: ...

@@ -125,6 +125,22 @@ cdef class ServingCore:
         else:
             self._set(VG_CHALLENGER, None, None, None, 0.0, 0)
 
+    def set_shadow(self, sample=None) -> None:
+        """Serve the challenger slot as shadow: `sample` (a share in (0, 1]) of the requests are also scored by it
+        beside the champion, which alone answers; None turns shadow mode off (the challenger cut routes again)."""
+        cdef char err[ERR_LEN]
+        cdef int status
+        cdef int shadow = sample is not None
+        cdef uint64_t cut = 0
+        if shadow:
+            if not 0.0 < sample <= 1.0:
+                raise ValueError(f"the shadow sample must be in (0, 1], not {sample!r}")
+            cut = <uint64_t>round(sample * 4294967296.0)
+        with nogil:
+            status = vg_core_set_shadow(self._core, shadow, cut, err, ERR_LEN)
+        if status != VG_OK:
+            raise ValueError(err.decode("utf-8", "replace"))
+
     def set_split(self, uint64_t cut) -> None:
         """Route requests whose hash is below `cut` (TrafficSplitter.challenger_cut) to the challenger."""
         cdef char err[ERR_LEN]
@@ -233,8 +249,9 @@ cdef class ServingCore:
 
     def drain_log(self, size_t max_records=4096) -> list:
         """Up to `max_records` logged predictions, oldest first, as tuples (unix time s, request_id (first 64
-        bytes), model_version, slot "champion"/"challenger", score, decision, reasons), reasons being the first
-        (at most 8) of an explained answer as (feature name, contribution) pairs, () when not explained."""
+        bytes), model_version, slot "champion"/"challenger", score, decision, reasons, shadow), reasons being the
+        first (at most 8) of an explained answer as (feature name, contribution) pairs, () when not explained, and
+        shadow the shadow model's (model_version, score, decision) when it scored the request too, else None."""
         cdef vg_log_record *records = <vg_log_record *>malloc(max_records * sizeof(vg_log_record) + 1)
         cdef size_t n, i
         cdef vg_core_stats *stats
@@ -264,6 +281,11 @@ cdef class ServingCore:
                     records[i].score,
                     records[i].decision != 0,
                     self._reasons(&records[i], model_id),
+                    (
+                        ids[records[i].shadow_model_index] if records[i].shadow_model_index < len(ids) else "",
+                        records[i].shadow_score,
+                        records[i].shadow_decision != 0,
+                    ) if records[i].shadowed else None,
                 ))
             return drained
         finally:
@@ -293,7 +315,9 @@ cdef class ServingCore:
 
     def counters(self) -> dict:
         """Counters since start: requests per slot, errors by gRPC code, and per model id the requests,
-        fraud flags, latency sum (s) and cumulative latency buckets [(upper bound s, count), ..., (inf, count)]."""
+        fraud flags, latency sum (s) and cumulative latency buckets [(upper bound s, count), ..., (inf, count)],
+        cumulative score buckets [(upper bound, count), ...] of its scores (answers and shadow scores), and as
+        shadow the requests it scored, flagged, and agreed on with the champion."""
         cdef vg_core_stats *stats = <vg_core_stats *>malloc(sizeof(vg_core_stats))
         cdef int i, b
         cdef uint64_t running
@@ -309,11 +333,21 @@ cdef class ServingCore:
                     running += stats.models[i].latency_buckets[b]
                     bound = LATENCY_BUCKETS_S[b] if b < VG_LATENCY_BUCKETS else float("inf")
                     buckets.append((bound, running))
+                running = 0
+                scores = []
+                for b in range(VG_SCORE_BUCKETS):
+                    running += stats.models[i].score_buckets[b]
+                    scores.append(((b + 1) / VG_SCORE_BUCKETS if b + 1 < VG_SCORE_BUCKETS else float("inf"),
+                                   running))
                 models[stats.models[i].model_id.decode("utf-8", "replace")] = {
                     "requests": stats.models[i].requests,
                     "fraud": stats.models[i].fraud,
                     "latency_sum_s": stats.models[i].latency_ns_sum / 1e9,
                     "latency_buckets": buckets,
+                    "score_buckets": scores,
+                    "shadow_requests": stats.models[i].shadow_requests,
+                    "shadow_fraud": stats.models[i].shadow_fraud,
+                    "shadow_agreements": stats.models[i].shadow_agreements,
                 }
             return {
                 "champion_requests": stats.slot_requests[0],

@@ -35,6 +35,7 @@ enum vg_explain_policy { VG_EXPLAIN_OFF = 0, VG_EXPLAIN_REQUEST = 1, VG_EXPLAIN_
 #define VG_MAX_MODELS 32      /* counter blocks (distinct model ids) kept; the oldest unused one is reused */
 #define VG_LATENCY_BUCKETS 14 /* finite upper bounds; one more bucket counts the rest (+Inf) */
 #define VG_STATUS_MAX 17      /* gRPC status codes 0..16 */
+#define VG_SCORE_BUCKETS 10   /* score histogram: [0, 0.1), [0.1, 0.2), ..., [0.9, 1] */
 #define VG_DEFAULT_MODEL_NAME "fraud-detector" /* the Open Inference Protocol's model name until set */
 
 VG_API extern const double vg_latency_bounds_s[VG_LATENCY_BUCKETS];
@@ -45,6 +46,10 @@ typedef struct vg_model_counters {
     uint64_t fraud;
     uint64_t latency_ns_sum;
     uint64_t latency_buckets[VG_LATENCY_BUCKETS + 1]; /* non-cumulative counts per bucket */
+    uint64_t score_buckets[VG_SCORE_BUCKETS];         /* its scores (answers and shadow scores), per bucket */
+    uint64_t shadow_requests;                         /* requests it scored as shadow (answering none) */
+    uint64_t shadow_fraud;                            /* of those, flagged by it */
+    uint64_t shadow_agreements;                       /* of those, where its decision was the champion's */
 } vg_model_counters;
 
 typedef struct vg_core_stats {
@@ -74,6 +79,11 @@ VG_API int vg_core_set_model(vg_core *core, int slot, vg_model *model, vg_forest
 /* The model name ModelInfer requests must carry (their versions are the slots' model ids); 1 to
  * VG_MODEL_ID_MAX - 1 bytes. A request naming another model gets VG_NOT_FOUND. */
 VG_API int vg_core_set_model_name(vg_core *core, const char *name, char *err, size_t errcap);
+
+/* Shadow mode: with `shadow` 1 the challenger slot answers nothing (the cut is ignored); a request whose random
+ * draw is below `sample_cut` (0..2**32; 2**32: every request) is also scored by it inside the same call, beside the
+ * champion, counted under its id (shadow counters, score histogram) and logged in the champion's record. */
+VG_API int vg_core_set_shadow(vg_core *core, int shadow, uint64_t sample_cut, char *err, size_t errcap);
 
 /* Requests whose route hash is below `cut` (0..2**32) go to the challenger. */
 VG_API int vg_core_set_cut(vg_core *core, uint64_t cut, char *err, size_t errcap);
@@ -136,6 +146,10 @@ typedef struct vg_log_record {
     uint8_t num_reasons;                        /* 0: the answer was not explained */
     uint8_t reason_feature[VG_LOG_MAX_REASONS]; /* feature index, in the model's feature order */
     float reason_contribution[VG_LOG_MAX_REASONS];
+    uint8_t shadowed; /* 1: the shadow model scored this request too */
+    uint8_t shadow_decision;
+    uint8_t shadow_model_index; /* index of the shadow model's counter block */
+    float shadow_score;
 } vg_log_record;
 
 /* Allocate the ring (capacity rounded up to a power of two) and start logging; later calls change nothing. */
