@@ -88,14 +88,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
             process.wait(timeout=30)
 
 
-def _sequential(client: Path, target: str, pid: int, method: str, requests: Path) -> tuple[float, float]:
-    """p50 (µs) of CALLS sequential calls of `method` with `requests`, and the server's CPU µs per call."""
+def _sequential(
+    client: Path, target: str, pid: int, method: str, requests: Path, calls: int = CALLS
+) -> tuple[float, float]:
+    """p50 (µs) of `calls` sequential calls of `method` with `requests`, and the server's CPU µs per call."""
     os.environ["VG_BENCH_REQUESTS"], os.environ["VG_BENCH_METHOD"] = str(requests), method
     try:
         _client(client, target, "seq", 200)  # warm up the connection and the server's threads
         cpu = _cpu_seconds(pid)
-        result = _client(client, target, "seq", CALLS)
-        return float(result["p50_us"]), (_cpu_seconds(pid) - cpu) / CALLS * 1e6
+        result = _client(client, target, "seq", calls)
+        return float(result["p50_us"]), (_cpu_seconds(pid) - cpu) / calls * 1e6
     finally:
         del os.environ["VG_BENCH_REQUESTS"], os.environ["VG_BENCH_METHOD"]
 
