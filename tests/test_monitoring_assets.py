@@ -35,6 +35,10 @@ SERVED_METRICS = {
     "ml_prediction_drift": set(),
     "ml_prediction_errors_total": {"code"},
     "ml_model_events_total": {"event", "slot"},
+    "ml_prediction_score_bucket": {"model_version", "le"},
+    "ml_shadow_predictions_total": {"model_version"},
+    "ml_shadow_fraud_detected_total": {"model_version"},
+    "ml_shadow_agreements_total": {"model_version"},
 }
 # The name ml_model_b_requests_total reads to promtool's linter as "b" (bytes) abbreviated: the only lint
 # finding allowed, because dashboards and alert rules rely on that exact name (the A/B split's counters).
@@ -137,7 +141,8 @@ def test_dashboard_structure() -> None:
         refs = [t["refId"] for t in panel["targets"]]
         assert refs and len(refs) == len(set(refs)) and all(t["expr"].strip() for t in panel["targets"])
     titles = " | ".join(p["title"].lower() for p in board["panels"])
-    for needed in ("p50 / p99", "request rate", "fraud rate", "traffic split", "feature drift", "errors"):
+    needed_titles = ("p50 / p99", "request rate", "fraud rate", "traffic split", "feature drift", "errors", "shadow")
+    for needed in needed_titles:
         assert needed in titles, needed
 
 
