@@ -31,7 +31,7 @@ from ml_pipeline.ab_testing.auto_rollout import AutoRollout, Guardrails, Rollout
 from ml_pipeline.ab_testing.evidence import PrometheusMetrics, ScrapedMetrics
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
 from ml_pipeline.cli import main
-from ml_pipeline.model_registry import ModelRegistry
+from ml_pipeline.model_registry import ModelRegistry, RegistryError, open_registry
 from ml_pipeline.monitoring.paired_report import PairedReport
 from ml_pipeline.monitoring.prediction_log import JsonLinesSink
 from ml_pipeline.native.compiled_model import CompiledModel
@@ -338,3 +338,19 @@ def test_the_rollout_reads_its_evidence_from_a_real_prometheus(
             assert "decision-rate delta" in (registry.history()[-1].reason or "")
         finally:
             prometheus.stop()
+
+
+@pytest.mark.integration
+def test_one_controller_at_a_time_on_both_registries(tmp_path: Path, pg_dsn: str) -> None:
+    for location in (str(tmp_path / "registry"), pg_dsn):
+        first, second = open_registry(location), open_registry(location)
+        try:
+            with first.controller_lock("rollout"):
+                with pytest.raises(RegistryError, match="another controller drives the rollout"):
+                    with second.controller_lock("rollout"):
+                        pass
+            with second.controller_lock("rollout"):  # released when the first one's block ended
+                pass
+        finally:
+            first.close()
+            second.close()

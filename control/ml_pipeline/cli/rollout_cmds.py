@@ -198,6 +198,13 @@ def shadow_cmd(
     show_default=True,
     help="Challenger requests a step needs before it is judged.",
 )
+@click.option(
+    "--min-labelled",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Labelled shadowed requests before the paired report is a guardrail.",
+)
 @click.option("--log", "log_source", default=None, help="Prediction log, for the paired report guardrail.")
 @click.option("--labels", "label_source", default=None, help="Labels (alert_id, is_fraud), for the paired report.")
 @click.option("--webhook", default=None, help="POST every step and abort here [default: $ML_RETRAIN_WEBHOOK_URL].")
@@ -226,6 +233,7 @@ def auto_cmd(
     max_p99_ms: float,
     max_decision_rate_delta: float,
     min_requests: int,
+    min_labelled: int,
     log_source: str | None,
     label_source: str | None,
     webhook: str | None,
@@ -248,7 +256,7 @@ def auto_cmd(
             "the guardrails need the servers' metrics: --prometheus-url (or $ML_PROMETHEUS_URL) or --metrics-url"
         )
     evidence: Evidence = PrometheusMetrics(prometheus) if prometheus else ScrapedMetrics(metrics_url)
-    guards = Guardrails(max_error_ratio, max_p99_ms, max_decision_rate_delta, min_requests)
+    guards = Guardrails(max_error_ratio, max_p99_ms, max_decision_rate_delta, min_requests, min_labelled)
     url = webhook or os.environ.get("ML_RETRAIN_WEBHOOK_URL")
     if (log_source is None) != (label_source is None):
         raise UsageError("the paired report guardrail needs both --log and --labels")
