@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from model_factory import BuiltModel, inverted_model, register_compiled, served_model, synthetic_rows
+from monitoring_support import PROMETHEUS_MISSING, require_tools
 from native_support import require_native_transport
 from server_harness import running_server, wait_until
 from test_prometheus_e2e import Prometheus
@@ -169,6 +170,7 @@ def test_ab_report_on_a_shadow_log_is_paired(tmp_path: Path, capsys: pytest.Capt
     sink.close()
     labels.to_csv(tmp_path / "labels.csv", index=False)
     args = ["ab-report", "--log", str(tmp_path / "predictions.jsonl"), "--labels", str(tmp_path / "labels.csv")]
+    args += ["--bootstrap", "200"]
     with pytest.raises(SystemExit) as exited:
         main([*args, "--json"])
     assert exited.value.code == 0
@@ -294,9 +296,8 @@ def _auto_command(registry: ModelRegistry, metrics: str, *extra: str) -> list[st
 
 @pytest.mark.e2e
 def test_a_controller_killed_mid_plan_resumes_and_a_second_one_is_refused(
-    tmp_path: Path, models: dict[str, BuiltModel], monkeypatch: pytest.MonkeyPatch
+    transport: str, tmp_path: Path, models: dict[str, BuiltModel]
 ) -> None:
-    monkeypatch.setenv("ML_INFERENCE_TRANSPORT", "grpcio")
     registry = _registry(tmp_path, models)
     with running_server(registry.root) as server, Traffic(server.port):
         metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
@@ -322,9 +323,9 @@ def test_a_controller_killed_mid_plan_resumes_and_a_second_one_is_refused(
 
 @pytest.mark.e2e
 def test_the_rollout_reads_its_evidence_from_a_real_prometheus(
-    tmp_path: Path, models: dict[str, BuiltModel], monkeypatch: pytest.MonkeyPatch
+    transport: str, tmp_path: Path, models: dict[str, BuiltModel]
 ) -> None:
-    monkeypatch.setenv("ML_INFERENCE_TRANSPORT", "grpcio")
+    require_tools(("prometheus", PROMETHEUS_MISSING))
     registry = _registry(tmp_path, models)
     with running_server(registry.root) as server, Traffic(server.port):
         prometheus = Prometheus(tmp_path, f"127.0.0.1:{server.metrics_port}")
@@ -345,10 +346,12 @@ def test_one_controller_at_a_time_on_both_registries(tmp_path: Path, pg_dsn: str
     for location in (str(tmp_path / "registry"), pg_dsn):
         first, second = open_registry(location), open_registry(location)
         try:
-            with first.controller_lock("rollout"):
-                with pytest.raises(RegistryError, match="another controller drives the rollout"):
-                    with second.controller_lock("rollout"):
-                        pass
+            with (
+                first.controller_lock("rollout"),
+                pytest.raises(RegistryError, match="another controller drives the rollout"),
+                second.controller_lock("rollout"),
+            ):
+                pass
             with second.controller_lock("rollout"):  # released when the first one's block ended
                 pass
         finally:

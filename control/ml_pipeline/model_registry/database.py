@@ -102,7 +102,14 @@ class DatabaseRegistry(ModelRegistry):
         conn = self.session.run(self.session.connect())
         try:
             key = f"voxguard-registry-{name}"
-            if not self.session.run(conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key)):
+            try:
+                held = self.session.run(conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key))
+            except asyncpg.PostgresError as exc:
+                raise RegistryError(
+                    f"{self.location} cannot hold the {name} controller's lock (advisory locks: {exc}); "
+                    "drive the rollout by hand with `ml-pipeline rollout step`"
+                ) from None
+            if not held:
                 raise RegistryError(
                     f"another controller drives the {name} of {self.location}; stop it first, or let it finish"
                 )
