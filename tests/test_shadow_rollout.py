@@ -27,8 +27,9 @@ from monitoring_support import PROMETHEUS_MISSING, require_tools
 from native_support import require_native_transport
 from server_harness import running_server, wait_until
 from test_prometheus_e2e import Prometheus
+from test_retrain_notify import Hook
 
-from ml_pipeline.ab_testing.auto_rollout import AutoRollout, Guardrails, RolloutPlan
+from ml_pipeline.ab_testing.auto_rollout import AutoRollout, Guardrails, RolloutDriver, RolloutPlan
 from ml_pipeline.ab_testing.evidence import PrometheusMetrics, ScrapedMetrics
 from ml_pipeline.ab_testing.traffic_splitter import TrafficSplitter
 from ml_pipeline.cli import main
@@ -38,6 +39,7 @@ from ml_pipeline.monitoring.prediction_log import JsonLinesSink
 from ml_pipeline.native.compiled_model import CompiledModel
 from ml_pipeline.native.serving_core import ServingCore
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
+from ml_pipeline.retraining.notify import WebhookNotifier
 
 ROWS, _ = synthetic_rows(400, seed=3)
 
@@ -289,7 +291,7 @@ def _auto_command(registry: ModelRegistry, metrics: str, *extra: str) -> list[st
     return [
         str(Path(sys.executable).parent / "ml-pipeline"), "rollout", "auto", *extra,
         "--registry", str(registry.root), "--metrics-url", metrics,
-        "--shadow-seconds", "1", "--initial", "0.3", "--step", "0.35", "--max", "1.0", "--interval", "4",
+        "--shadow-seconds", "1", "--initial", "0.3", "--step", "0.35", "--max", "1.0", "--interval", "6",
         "--min-requests", "30", "--max-p99-ms", "200", "--max-decision-rate-delta", "0.15", "--poll", "0.1",
     ]  # fmt: skip
 
@@ -309,8 +311,8 @@ def test_a_controller_killed_mid_plan_resumes_and_a_second_one_is_refused(
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(10)
-        resumed_at = registry.serving_state()
-        assert resumed_at.challenger_share == pytest.approx(0.3)  # killed after the first step
+        killed_at = registry.serving_state()  # killed mid-plan: after the first A/B step, before the last
+        assert 0.3 <= killed_at.challenger_share < 1.0 and killed_at.rollout["auto"]["status"] == "running"
         resumed = subprocess.run(
             _auto_command(registry, metrics, "--resume"), capture_output=True, text=True, timeout=120
         )
@@ -357,3 +359,48 @@ def test_one_controller_at_a_time_on_both_registries(tmp_path: Path, pg_dsn: str
         finally:
             first.close()
             second.close()
+
+
+@pytest.mark.e2e
+def test_the_scheduler_s_driver_steps_the_plan_and_posts_every_step_to_the_webhook(
+    transport: str, tmp_path: Path, models: dict[str, BuiltModel]
+) -> None:
+    registry = _registry(tmp_path, models)
+    with running_server(registry.root) as server, Traffic(server.port), Hook([]) as hook:
+        evidence = ScrapedMetrics([f"http://127.0.0.1:{server.metrics_port}/metrics"])
+        controller = AutoRollout(registry, evidence, GUARDS, notifier=WebhookNotifier(hook.url, attempts=1))
+        controller.start(models["good"].model_id, PLAN)
+        driver = RolloutDriver(AutoRollout(registry, evidence, notifier=controller.notifier), poll_seconds=0.1)
+        driver.start()
+        try:
+            wait_until(lambda: not controller.active(), timeout=60)
+        finally:
+            driver.stop()
+        state = registry.serving_state()
+        assert state.challenger_share == 1.0 and state.rollout["auto"]["status"] == "complete"
+        events = [body["event"] for body in hook.bodies]
+        assert events == [
+            "rollout-started",
+            "rollout-stepped",
+            "rollout-stepped",
+            "rollout-stepped",
+            "rollout-complete",
+        ]
+        assert all(body["model_id"] == models["good"].model_id for body in hook.bodies)
+        assert "guardrails held" in hook.bodies[1]["detail"] and hook.bodies[1]["checks"]
+
+
+@pytest.mark.e2e
+def test_a_shadow_significantly_worse_on_labelled_requests_is_aborted(
+    transport: str, tmp_path: Path, models: dict[str, BuiltModel]
+) -> None:
+    registry = _registry(tmp_path, models)
+    log, labels = _shadow_log(2000, 5, shadow_noise=3.0)  # the shadow ranks far worse on these labelled requests
+    log["model_version"], log["shadow_model_version"] = models["champion"].model_id, models["good"].model_id
+    with running_server(registry.root) as server, Traffic(server.port):
+        evidence = ScrapedMetrics([f"http://127.0.0.1:{server.metrics_port}/metrics"])
+        controller = AutoRollout(registry, evidence, GUARDS, predictions=lambda: log, labels=lambda: labels)
+        controller.start(models["good"].model_id, PLAN)
+        assert _drive(controller) == ["aborted"]
+        reason = registry.history()[-1].reason or ""
+        assert "paired AUC difference (upper 95 %)" in reason and "decision-rate delta" not in reason
