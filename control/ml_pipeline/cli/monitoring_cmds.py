@@ -133,12 +133,15 @@ def ab_report(log_source: str, label_source: str | None, bootstrap: int, seed: i
     if as_json:
         emit({**report.to_dict(), "paired": paired.to_dict() if paired else None}, as_json=True)
         return
-    emit(
-        [arm.row() for arm in report.arms], as_json=False, title=f"A/B report ({report.joined:,} labelled predictions)"
-    )
-    click.echo(report.verdict)
+    if paired is None or report.arms[1].predictions:  # a shadow log with no A/B traffic: the paired report alone
+        emit(
+            [arm.row() for arm in report.arms],
+            as_json=False,
+            title=f"A/B report ({report.joined:,} labelled predictions)",
+        )
+        click.echo(report.verdict)
     if paired is not None:
-        click.echo("\nshadow, paired on the same requests:")
+        click.echo("shadow, paired on the same requests:")
         for line in paired.lines():
             click.echo(line)
 
