@@ -49,6 +49,14 @@ class Interval:
             return "n/a"
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
+    def signed_text(self) -> str:
+        """A difference: `+0.035 [+0.013, +0.057]`, `+0.035` without an interval, or `n/a`."""
+        if math.isnan(self.value):
+            return "n/a"
+        if math.isnan(self.low):
+            return f"{self.value:+.3f}"
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
 
 @dataclass(frozen=True)
 class ArmResult:
@@ -121,15 +129,15 @@ class ABReport:
                     flag_rate=float(logged["decision"].mean()) if len(logged) else float("nan"),
                     labelled=len(y),
                     fraud=int(y.sum()),
-                    precision=_interval(_precision(y, flagged), boot[:, 0]),
-                    recall=_interval(_recall(y, flagged), boot[:, 1]),
-                    auc=_interval(_auc(y, score), boot[:, 2]),
+                    precision=bootstrap_interval(precision_of(y, flagged), boot[:, 0]),
+                    recall=bootstrap_interval(recall_of(y, flagged), boot[:, 1]),
+                    auc=bootstrap_interval(auc_of(y, score), boot[:, 2]),
                 )
             )
         difference = arms[1].auc.value - arms[0].auc.value
         diffs = samples["challenger"][0][:, 2] - samples["champion"][0][:, 2]
-        diff = _interval(difference, diffs)
-        needed = _more_needed(diff, sum(n for _, n in samples.values()))
+        diff = bootstrap_interval(difference, diffs)
+        needed = labels_for_power(diff, sum(n for _, n in samples.values()))
         return cls(arms, len(joined), diff, needed, _verdict(arms, diff, needed))
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,15 +169,15 @@ def _no_match(predictions: pd.DataFrame, labels: pd.DataFrame) -> str:
     )
 
 
-def _precision(y: np.ndarray, flagged: np.ndarray) -> float:
+def precision_of(y: np.ndarray, flagged: np.ndarray) -> float:
     return float(y[flagged].mean()) if flagged.any() else float("nan")
 
 
-def _recall(y: np.ndarray, flagged: np.ndarray) -> float:
+def recall_of(y: np.ndarray, flagged: np.ndarray) -> float:
     return float(flagged[y == 1].mean()) if (y == 1).any() else float("nan")
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
+def auc_of(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
 
 
@@ -181,11 +189,11 @@ def _bootstrap(y: np.ndarray, flagged: np.ndarray, score: np.ndarray, n: int, rn
     for i in range(n):
         pick = rng.integers(0, len(y), len(y))
         yy, ff = y[pick], flagged[pick]
-        out[i] = (_precision(yy, ff), _recall(yy, ff), _auc(yy, score[pick]))
+        out[i] = (precision_of(yy, ff), recall_of(yy, ff), auc_of(yy, score[pick]))
     return out
 
 
-def _interval(value: float, resamples: np.ndarray) -> Interval:
+def bootstrap_interval(value: float, resamples: np.ndarray) -> Interval:
     finite = resamples[np.isfinite(resamples)]
     if math.isnan(value) or finite.size < 0.5 * resamples.size:
         return Interval(value, float("nan"), float("nan"))
@@ -193,7 +201,7 @@ def _interval(value: float, resamples: np.ndarray) -> Interval:
     return Interval(value, float(low), float(high))
 
 
-def _more_needed(diff: Interval, labelled: int) -> int | None:
+def labels_for_power(diff: Interval, labelled: int) -> int | None:
     """Further labelled alerts for 80 % power at the observed AUC difference (None when not estimable)."""
     if math.isnan(diff.low) or diff.value == 0 or labelled == 0:
         return None

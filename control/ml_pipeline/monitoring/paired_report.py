@@ -18,31 +18,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
-from sklearn.metrics import roc_auc_score
 
 from ml_pipeline.errors import JobFailed, UsageError
+from ml_pipeline.monitoring.ab_report import (
+    Interval,
+    auc_of,
+    bootstrap_interval,
+    labels_for_power,
+    precision_of,
+    recall_of,
+)
 
 METRICS = ("precision", "recall", "auc")
-Z_95 = 1.959964
-Z_POWER_80 = 0.841621
 #: The columns a shadow record adds to the prediction log's.
 SHADOW_COLUMNS = ("shadow_model_version", "shadow_score", "shadow_decision")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A value with its 95 % bootstrap interval (NaN bounds: not estimable from these labels)."""
-
-    value: float
-    low: float
-    high: float
-
-    def text(self) -> str:
-        if math.isnan(self.value):
-            return "n/a"
-        if math.isnan(self.low):
-            return f"{self.value:+.3f}"
-        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
 
 
 @dataclass(frozen=True)
@@ -75,7 +64,7 @@ class PairedReport:
     decision_agreement: float
     champion: ModelScores
     shadow: ModelScores
-    differences: dict[str, Estimate]
+    differences: dict[str, Interval]
     mcnemar: McNemar
     more_labels_needed: int | None
     verdict: str
@@ -104,14 +93,14 @@ class PairedReport:
         ]
         boot = _paired_bootstrap(y, flags, scores, n_bootstrap, np.random.default_rng(seed))
         differences = {
-            name: _estimate(getattr(models[1], name) - getattr(models[0], name), boot[:, i])
+            name: bootstrap_interval(getattr(models[1], name) - getattr(models[0], name), boot[:, i])
             for i, name in enumerate(METRICS)
         }
         right = [f == (y == 1) for f in flags]
         only_champion, only_shadow = int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())
         discordant = only_champion + only_shadow
         p = binomtest(only_shadow, discordant, 0.5).pvalue if discordant else 1.0
-        needed = _more_needed(differences["auc"], len(y))
+        needed = labels_for_power(differences["auc"], len(y))
         report = cls(
             shadowed=len(shadowed),
             labelled=len(y),
@@ -150,7 +139,7 @@ class PairedReport:
             )
         out.append(
             "shadow - champion (paired bootstrap 95 %): "
-            + ", ".join(f"{name} {self.differences[name].text()}" for name in METRICS)
+            + ", ".join(f"{name} {self.differences[name].signed_text()}" for name in METRICS)
         )
         test = self.mcnemar
         out.append(
@@ -178,10 +167,7 @@ def _number(value: float) -> str:
 
 
 def _metrics(y: np.ndarray, flagged: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
-    precision = float(y[flagged].mean()) if flagged.any() else float("nan")
-    recall = float(flagged[y == 1].mean()) if (y == 1).any() else float("nan")
-    auc = float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
-    return precision, recall, auc
+    return precision_of(y, flagged), recall_of(y, flagged), auc_of(y, score)
 
 
 def _paired_bootstrap(
@@ -201,23 +187,6 @@ def _paired_bootstrap(
     return out
 
 
-def _estimate(value: float, resamples: np.ndarray) -> Estimate:
-    finite = resamples[np.isfinite(resamples)]
-    if math.isnan(value) or finite.size < 0.5 * resamples.size:
-        return Estimate(value, float("nan"), float("nan"))
-    low, high = np.quantile(finite, [0.025, 0.975])
-    return Estimate(value, float(low), float(high))
-
-
-def _more_needed(diff: Estimate, labelled: int) -> int | None:
-    """Further labelled requests for 80 % power at the observed AUC difference (None when not estimable)."""
-    if math.isnan(diff.low) or diff.value == 0 or labelled == 0:
-        return None
-    se = (diff.high - diff.low) / (2 * Z_95)
-    required = labelled * ((Z_95 + Z_POWER_80) * se / abs(diff.value)) ** 2
-    return max(0, math.ceil(required - labelled))
-
-
 def _verdict(report: PairedReport) -> str:
     auc = report.differences["auc"]
     if math.isnan(auc.value) or math.isnan(auc.low):
@@ -225,7 +194,7 @@ def _verdict(report: PairedReport) -> str:
             f"not yet significant — the labelled requests need fraud and non-fraud alike "
             f"({report.labelled} labelled, {report.fraud} fraud)"
         )
-    shown = f"AUC {report.shadow.auc:.3f} vs {report.champion.auc:.3f}, difference {auc.text()}"
+    shown = f"AUC {report.shadow.auc:.3f} vs {report.champion.auc:.3f}, difference {auc.signed_text()}"
     if auc.low > 0:
         return f"shadow better ({shown})"
     if auc.high < 0:
