@@ -10,22 +10,18 @@ Run: `make bench` or `.venv/bin/pytest bench/bench_inference_protocol.py -s --be
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
-import struct
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bench_native_transport import _client, _cpu_seconds, programs  # noqa: F401 (fixture)
-from bench_reasons import _registry
-from bench_server import _free_port, _wait_ready
+from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
+from bench_reasons import _predict_requests, _registry
+from bench_server import _free_port, _start_inference_server, _wait_ready
 
-from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 from ml_pipeline.proto_gen import grpc_predict_v2_pb2 as ip
 
 INFER_P50_VS_PREDICT = 1.2
@@ -35,24 +31,15 @@ TRANSPORTS = ("native", "grpcio")
 METHODS = {"Predict": "/FraudDetection/Predict", "ModelInfer": "/inference.GRPCInferenceService/ModelInfer"}
 
 
-def _requests_file(path: Path, messages: list[bytes]) -> Path:
-    """Length-prefixed request bytes (VG_BENCH_REQUESTS of the C++ client)."""
-    with path.open("wb") as out:
-        for data in messages:
-            out.write(struct.pack("<I", len(data)) + data)
-    return path
-
-
 def _messages(rows: np.ndarray) -> dict[str, list[bytes]]:
     """Each row as a PredictionRequest and as a one-row ModelInferRequest, with the same request id."""
-    predict, infer = [], []
+    infer = []
     for i, row in enumerate(rows):
-        predict.append(pb.PredictionRequest(features=row.tolist(), request_id=f"call-{i}").SerializeToString())
         message = ip.ModelInferRequest(model_name="fraud-detector", id=f"call-{i}")
         message.inputs.add(name="features", datatype="FP32", shape=[1, len(row)])
         message.raw_input_contents.append(row.astype("<f4").tobytes())
         infer.append(message.SerializeToString())
-    return {"Predict": predict, "ModelInfer": infer}
+    return {"Predict": _predict_requests(rows), "ModelInfer": infer}
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +50,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     ports = {transport: _free_port() for transport in TRANSPORTS}
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for transport in TRANSPORTS:
-        env = {
-            **os.environ,
-            "ML_MODEL_REGISTRY_PATH": str(registry.root),
-            "ML_INFERENCE_HOST": "127.0.0.1",
-            "ML_INFERENCE_PORT": str(ports[transport]),
-            "ML_METRICS_PORT": str(_free_port()),
-            "ML_INFERENCE_TRANSPORT": transport,
-        }
-        command = [sys.executable, "-m", "ml_pipeline.inference_server"]
-        processes[transport] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        processes[transport] = _start_inference_server(registry.root, ports[transport], transport)
     try:
         for transport in TRANSPORTS:
             _wait_ready(f"127.0.0.1:{ports[transport]}")
@@ -88,20 +66,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
             process.wait(timeout=30)
 
 
-def _sequential(
-    client: Path, target: str, pid: int, method: str, requests: Path, calls: int = CALLS
-) -> tuple[float, float]:
-    """p50 (µs) of `calls` sequential calls of `method` with `requests`, and the server's CPU µs per call."""
-    os.environ["VG_BENCH_REQUESTS"], os.environ["VG_BENCH_METHOD"] = str(requests), method
-    try:
-        _client(client, target, "seq", 200)  # warm up the connection and the server's threads
-        cpu = _cpu_seconds(pid)
-        result = _client(client, target, "seq", calls)
-        return float(result["p50_us"]), (_cpu_seconds(pid) - cpu) / calls * 1e6
-    finally:
-        del os.environ["VG_BENCH_REQUESTS"], os.environ["VG_BENCH_METHOD"]
-
-
 def test_model_infer_latency_budget(
     programs: dict[str, Path],  # noqa: F811 (the fixture imported above)
     setup: dict[str, object],
@@ -115,7 +79,7 @@ def test_model_infer_latency_budget(
     for _ in range(ROUNDS):
         for transport in TRANSPORTS:
             for name, method in METHODS.items():
-                runs[transport, name].append(_sequential(client, *targets[transport], method, files[name]))
+                runs[transport, name].append(_sequential(client, *targets[transport], files[name], CALLS, method))
     p50 = {key: statistics.median(r[0] for r in rounds) for key, rounds in runs.items()}
     cpu = {key: statistics.median(r[1] for r in rounds) for key, rounds in runs.items()}
     section = f"Open Inference Protocol, one row (C++ client, medians of {ROUNDS} rounds)"

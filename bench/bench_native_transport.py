@@ -19,14 +19,20 @@ import os
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from bench_server import _free_port, _production_like_model, _registry_with_champion, _wait_ready
+from bench_server import (
+    _free_port,
+    _production_like_model,
+    _registry_with_champion,
+    _start_inference_server,
+    _wait_ready,
+)
 from native_support import require, require_native_transport
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -93,16 +99,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, programs: dict[str, Path])
     ports = {name: _free_port() for name in SERVERS}
     processes: dict[str, subprocess.Popen] = {}
     for transport in ("grpcio", "native"):
-        env = {
-            **os.environ,
-            "ML_MODEL_REGISTRY_PATH": str(registry.root),
-            "ML_INFERENCE_HOST": "127.0.0.1",
-            "ML_INFERENCE_PORT": str(ports[transport]),
-            "ML_METRICS_PORT": str(_free_port()),
-            "ML_INFERENCE_TRANSPORT": transport,
-        }
-        command = [sys.executable, "-m", "ml_pipeline.inference_server"]
-        processes[transport] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        processes[transport] = _start_inference_server(registry.root, ports[transport], transport)
     command = [str(programs["constant"]), str(ports["constant"])]
     processes["constant"] = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
@@ -125,6 +122,32 @@ def _cpu_seconds(pid: int) -> float:
 def _client(client: Path, target: str, *args: object) -> dict:
     output = subprocess.run([str(client), target, *map(str, args)], check=True, capture_output=True, text=True)
     return json.loads(output.stdout)
+
+
+PREDICT = "/FraudDetection/Predict"
+
+
+def _requests_file(path: Path, messages: list[bytes]) -> Path:
+    """Length-prefixed request bytes (VG_BENCH_REQUESTS of the C++ client)."""
+    with path.open("wb") as out:
+        for data in messages:
+            out.write(struct.pack("<I", len(data)) + data)
+    return path
+
+
+def _sequential(
+    client: Path, target: str, pid: int, requests: Path, calls: int, method: str = PREDICT
+) -> tuple[float, float]:
+    """p50 (µs) of `calls` sequential calls of `method` sending `requests` in turn, after a warm-up, and the
+    server's CPU µs per call."""
+    os.environ["VG_BENCH_REQUESTS"], os.environ["VG_BENCH_METHOD"] = str(requests), method
+    try:
+        _client(client, target, "seq", 200)  # warm up the connection and the server's threads
+        cpu = _cpu_seconds(pid)
+        result = _client(client, target, "seq", calls)
+        return float(result["p50_us"]), (_cpu_seconds(pid) - cpu) / calls * 1e6
+    finally:
+        del os.environ["VG_BENCH_REQUESTS"], os.environ["VG_BENCH_METHOD"]
 
 
 def _measure(client: Path, target: str, pid: int) -> dict[str, float]:

@@ -10,12 +10,9 @@ Run: `make bench` or `.venv/bin/pytest bench/bench_reasons.py -s --benchmark-ena
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
-import struct
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
-from bench_native_transport import _client, _cpu_seconds, programs  # noqa: F401 (fixture)
-from bench_server import _free_port, _wait_ready
+from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
+from bench_server import _free_port, _start_inference_server, _wait_ready
 
 from ml_pipeline.compiler import compile_model
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
@@ -64,14 +61,12 @@ def _registry(folder: Path) -> tuple[ModelRegistry, np.ndarray, float]:
     return registry, live, fraud_rate
 
 
-def _requests_file(path: Path, rows: np.ndarray, top_k: int) -> Path:
-    """The rows as length-prefixed PredictionRequest bytes (VG_BENCH_REQUESTS of the C++ client)."""
-    with path.open("wb") as out:
-        for i, row in enumerate(rows):
-            message = pb.PredictionRequest(features=row.tolist(), request_id=f"call-{i}", explain_top_k=top_k)
-            data = message.SerializeToString()
-            out.write(struct.pack("<I", len(data)) + data)
-    return path
+def _predict_requests(rows: np.ndarray, top_k: int = 0) -> list[bytes]:
+    """Each row as a PredictionRequest asking for `top_k` reasons, request ids call-0, call-1, ..."""
+    return [
+        pb.PredictionRequest(features=row.tolist(), request_id=f"call-{i}", explain_top_k=top_k).SerializeToString()
+        for i, row in enumerate(rows)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -82,24 +77,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     ports = {policy: _free_port() for policy in POLICIES}
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for policy in POLICIES:
-        env = {
-            **os.environ,
-            "ML_MODEL_REGISTRY_PATH": str(registry.root),
-            "ML_INFERENCE_HOST": "127.0.0.1",
-            "ML_INFERENCE_PORT": str(ports[policy]),
-            "ML_METRICS_PORT": str(_free_port()),
-            "ML_INFERENCE_TRANSPORT": "native",
-            "ML_EXPLAIN": policy,
-        }
-        command = [sys.executable, "-m", "ml_pipeline.inference_server"]
-        processes[policy] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        processes[policy] = _start_inference_server(registry.root, ports[policy], "native", ML_EXPLAIN=policy)
     try:
         for policy in POLICIES:
             _wait_ready(f"127.0.0.1:{ports[policy]}")
         yield {
             "targets": {policy: (f"127.0.0.1:{ports[policy]}", processes[policy].pid) for policy in POLICIES},
-            "plain": _requests_file(folder / "plain.bin", live, 0),
-            "explained": _requests_file(folder / "explained.bin", live, 3),
+            "plain": _requests_file(folder / "plain.bin", _predict_requests(live)),
+            "explained": _requests_file(folder / "explained.bin", _predict_requests(live, 3)),
             "fraud_rate": fraud_rate,
         }
     finally:
@@ -107,18 +92,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
             process.send_signal(signal.SIGTERM)
         for process in processes.values():
             process.wait(timeout=30)
-
-
-def _sequential(client: Path, target: str, pid: int, requests: Path) -> tuple[float, float]:
-    """p50 (µs) of CALLS sequential Predicts of `requests`, and the server's CPU µs per call."""
-    os.environ["VG_BENCH_REQUESTS"] = str(requests)
-    try:
-        _client(client, target, "seq", 200)  # warm up the connection and the server's threads
-        cpu = _cpu_seconds(pid)
-        result = _client(client, target, "seq", CALLS)
-        return float(result["p50_us"]), (_cpu_seconds(pid) - cpu) / CALLS * 1e6
-    finally:
-        del os.environ["VG_BENCH_REQUESTS"]
 
 
 def test_reason_code_budgets(
@@ -132,9 +105,9 @@ def test_reason_code_budgets(
     plain, explained = setup["plain"], setup["explained"]
     runs: dict[str, list[tuple[float, float]]] = {"plain": [], "explained": [], "flagged": []}
     for _ in range(ROUNDS):
-        runs["plain"].append(_sequential(client, *targets["request"], plain))  # type: ignore[arg-type]
-        runs["explained"].append(_sequential(client, *targets["request"], explained))  # type: ignore[arg-type]
-        runs["flagged"].append(_sequential(client, *targets["flagged"], plain))  # type: ignore[arg-type]
+        runs["plain"].append(_sequential(client, *targets["request"], plain, CALLS))  # type: ignore[arg-type]
+        runs["explained"].append(_sequential(client, *targets["request"], explained, CALLS))  # type: ignore[arg-type]
+        runs["flagged"].append(_sequential(client, *targets["flagged"], plain, CALLS))  # type: ignore[arg-type]
     p50 = {name: statistics.median(r[0] for r in rounds) for name, rounds in runs.items()}
     cpu = {name: statistics.median(r[1] for r in rounds) for name, rounds in runs.items()}
     section = f"reason codes (native transport, C++ client, medians of {ROUNDS} rounds)"

@@ -43,6 +43,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_inference_server(
+    registry_root: Path, port: int, transport: str, metrics_port: int | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """`python -m ml_pipeline.inference_server` on 127.0.0.1:`port` over `registry_root` with `transport`, plus the
+    ML_* variables `env` (its metrics on `metrics_port`, or a free port)."""
+    variables = {
+        **os.environ,
+        "ML_MODEL_REGISTRY_PATH": str(registry_root),
+        "ML_INFERENCE_HOST": "127.0.0.1",
+        "ML_INFERENCE_PORT": str(port),
+        "ML_METRICS_PORT": str(metrics_port or _free_port()),
+        "ML_INFERENCE_TRANSPORT": transport,
+        **env,
+    }
+    command = [sys.executable, "-m", "ml_pipeline.inference_server"]
+    return subprocess.Popen(command, env=variables, stderr=subprocess.DEVNULL)
+
+
 def _production_like_model(folder: Path) -> Path:
     """100 trees of depth 6 over 8 features, like the default training configuration."""
     rng = np.random.default_rng(11)

@@ -9,20 +9,17 @@ Run: `make bench` or `.venv/bin/pytest bench/bench_shadow.py -s --benchmark-enab
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from bench_inference_protocol import _messages, _requests_file, _sequential
-from bench_native_transport import programs  # noqa: F401 (fixture)
-from bench_reasons import _registry
-from bench_server import _free_port, _wait_ready
+from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
+from bench_reasons import _predict_requests, _registry
+from bench_server import _free_port, _start_inference_server, _wait_ready
 
 from ml_pipeline.ab_testing.evidence import ScrapedMetrics
 from ml_pipeline.compiler import compile_model
@@ -60,23 +57,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     metrics_ports = {name: _free_port() for name in SERVERS}
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for name in SERVERS:
-        env = {
-            **os.environ,
-            "ML_MODEL_REGISTRY_PATH": str(registries[name].root),
-            "ML_INFERENCE_HOST": "127.0.0.1",
-            "ML_INFERENCE_PORT": str(ports[name]),
-            "ML_METRICS_PORT": str(metrics_ports[name]),
-            "ML_INFERENCE_TRANSPORT": "native",
-        }
-        command = [sys.executable, "-m", "ml_pipeline.inference_server"]
-        processes[name] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        processes[name] = _start_inference_server(registries[name].root, ports[name], "native", metrics_ports[name])
     try:
         for name in SERVERS:
             _wait_ready(f"127.0.0.1:{ports[name]}")
         folder = tmp_path_factory.mktemp("shadow_requests")
         yield {
             "targets": {n: (f"127.0.0.1:{ports[n]}", processes[n].pid) for n in SERVERS},
-            "requests": _requests_file(folder / "predict.bin", _messages(live)["Predict"]),
+            "requests": _requests_file(folder / "predict.bin", _predict_requests(live)),
             "shadow_metrics": f"http://127.0.0.1:{metrics_ports['shadow']}/metrics",
         }
     finally:
@@ -98,7 +86,7 @@ def test_shadow_cpu_budget(
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in SERVERS}
     for _ in range(ROUNDS):
         for name in SERVERS:
-            runs[name].append(_sequential(client, *targets[name], "/FraudDetection/Predict", requests, CALLS))
+            runs[name].append(_sequential(client, *targets[name], requests, CALLS))
     p50 = {name: statistics.median(r[0] for r in rounds) for name, rounds in runs.items()}
     cpu = {name: statistics.median(r[1] for r in rounds) for name, rounds in runs.items()}
     section = f"shadow scoring (native transport, C++ client, medians of {ROUNDS} rounds)"
