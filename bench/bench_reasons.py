@@ -32,7 +32,7 @@ from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 EXPLAINED_P50_VS_PLAIN = 1.5
 FLAGGED_CPU_VS_REQUEST = 1.10
 ROUNDS = 3
-CALLS = 2000
+CALLS = 6000
 LIVE_ROWS = 500
 POLICIES = ("request", "flagged")
 

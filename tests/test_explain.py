@@ -62,6 +62,21 @@ def test_contributions_equal_xgboost(name: str, depth: int, rounds: int, objecti
     assert np.abs(explainer.margins(rows) - margins).max() <= CONTRIBUTION_TOLERANCE
 
 
+@pytest.mark.integration
+def test_wide_trees_equal_xgboost_in_every_layout() -> None:
+    """Trees over 40 informative features: some split on more than 16 features (sparse table rows), most have paths
+    too rich to tabulate (the recursion); the real data sets above give dense rows."""
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(4_000, 40)).astype(np.float32)
+    labels = features[:, :20].sum(axis=1) + rng.normal(size=len(features)) > 0
+    train = _with_missing(features, 0.1, seed=3)
+    params = {"objective": "binary:logistic", "max_depth": 7, "eta": 0.3, "seed": 0}
+    booster = xgb.train(params, xgb.DMatrix(train, label=labels.astype(np.float32), missing=np.nan), 10)
+    explainer = TreeExplainer(pack_trees(booster.save_raw("json")))
+    check = check_contributions(explainer, booster, _with_missing(features[:1_000], 0.2, seed=4))
+    assert check.max_abs_diff <= CONTRIBUTION_TOLERANCE
+
+
 @pytest.mark.unit
 def test_models_the_explainer_cannot_explain_exactly_are_refused_with_the_reason() -> None:
     features, labels = DATA_SETS["wine-class-0"]

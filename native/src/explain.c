@@ -15,13 +15,18 @@
 #define MAGIC "VGTREES1"
 #define NODE_BYTES 40
 #define PATH_SLOTS (VG_FOREST_MAX_DEPTH + 2)
-/* A tree is tabulated when its table holds at most this many contributions, the forest at most TABLE_BUDGET. */
+/* A tree is tabulated when its tables hold at most this many values, the forest at most TABLE_BUDGET. */
 #define TREE_TABLE_LIMIT (1 << 16)
 #define TABLE_BUDGET (1 << 23)
 /* ... and has at most this many nodes: explaining a row first notes the side it takes at each of them. */
 #define TREE_NODE_LIMIT 4096
 /* Most unique features on a tabulated leaf's path (TREE_TABLE_LIMIT allows no more: 2^13 x 13 > 2^16). */
 #define TABLE_MAX_K 12
+/* A tree splitting on at most this many features gets dense table rows: one column per feature of the tree. */
+#define DENSE_MAX_COLUMNS 16
+#define LANES 4
+
+typedef float lanes __attribute__((vector_size(LANES * sizeof(float))));
 
 typedef struct node {
     int32_t left, right, feature;
@@ -35,9 +40,11 @@ typedef struct node {
 typedef struct leaf_table {
     int32_t leaf;              /* node index */
     int32_t k;                 /* unique features on the path */
-    int32_t first_step, steps; /* its path's splits in the tree's step array */
+    int32_t first_step, steps; /* its path's splits in the tree's step array (while tabulating) */
     int32_t features[TABLE_MAX_K];
-    float *contributions; /* (1 << k) x k, computed in double; float halves what a row reads */
+    /* (1 << k) rows, computed in double, stored in float (it halves what a row reads): a row of k values in the
+     * order of `features` (sparse), or of the tree's `columns` values, zero where the path does not split (dense) */
+    float *contributions;
 } leaf_table;
 
 /* One split on a leaf's path: the node, the side the path takes, and which unique feature it belongs to. */
@@ -47,6 +54,17 @@ typedef struct step {
     int32_t element;
 } step;
 
+/* One node of a tabulated tree in preorder (a split's left child is the next visit): how the pattern of the path
+ * changes through it. The side the row takes sets the bit of a feature new on the path and keeps an old one's; the
+ * other side leaves a new one's bit clear and clears an old one's. */
+typedef struct visit {
+    int32_t feature; /* -1: a leaf */
+    float threshold;
+    uint32_t set_bit;    /* the feature's bit when it is new on the path, else 0 */
+    uint32_t clear_mask; /* all ones when it is new, else all but its bit */
+    uint32_t default_left;
+} visit;
+
 typedef struct tree {
     const node *nodes;
     int32_t num_nodes;
@@ -54,6 +72,9 @@ typedef struct tree {
     leaf_table *leaves; /* NULL: too large to tabulate, explained by the recursion */
     int32_t num_leaves;
     step *steps;
+    visit *visits;   /* num_nodes, in preorder; its leaves come in the order of `leaves` */
+    int32_t columns; /* dense rows: a multiple of LANES; 0: sparse rows */
+    int32_t column_feature[DENSE_MAX_COLUMNS];
 } tree;
 
 typedef struct path_element {
@@ -74,7 +95,7 @@ struct vg_forest {
     tree *trees;
     node *nodes;
     factors f;
-    size_t tabulated; /* contributions held in tables, against TABLE_BUDGET */
+    size_t tabulated; /* values held in tables, against TABLE_BUDGET */
     int refcount;     /* atomic via __atomic builtins */
     char (*names)[VG_FEATURE_NAME_MAX];
     size_t *name_len;
@@ -269,8 +290,11 @@ static void free_tables(tree *t) {
     }
     free(t->leaves);
     free(t->steps);
+    free(t->visits);
     t->leaves = NULL;
     t->steps = NULL;
+    t->visits = NULL;
+    t->columns = 0;
 }
 
 VG_API void vg_forest_free(vg_forest *forest) {
@@ -408,10 +432,64 @@ static void recurse(const factors *f, const node *nodes, const float *row, doubl
     recurse(f, nodes, row, phi, cold, depth + 1, path, nodes[cold].cover / n->cover * incoming_zero, 0, n->feature);
 }
 
+/* Each leaf's table row for `row`: one pass over the tree in preorder carries the pattern of the path (bit j: the
+ * row follows every split on the path's j-th feature), without a branch on the row's values (a mispredicted branch
+ * per split would cost more than the rest). Rows are prefetched as they are found. */
+static void find_rows(const tree *t, const float *row, const float **rows) {
+    uint32_t pending[PATH_SLOTS]; /* the patterns of the right children still to visit */
+    int32_t waiting = 0, leaf = 0;
+    uint32_t mask = 0;
+    for (int32_t i = 0; i < t->num_nodes; ++i) {
+        const visit *v = &t->visits[i];
+        if (v->feature < 0) {
+            const leaf_table *table = &t->leaves[leaf];
+            const size_t width = t->columns > 0 ? (size_t)t->columns : (size_t)table->k;
+            rows[leaf] = table->contributions + (size_t)mask * width;
+            __builtin_prefetch(rows[leaf]);
+            ++leaf;
+            mask = waiting > 0 ? pending[--waiting] : 0;
+            continue;
+        }
+        const float x = row[v->feature];
+        const uint32_t left = isnan(x) ? v->default_left : (uint32_t)(x < v->threshold);
+        const uint32_t follows = mask | v->set_bit, misses = mask & v->clear_mask;
+        const uint32_t differ = (follows ^ misses) & (0u - left);
+        pending[waiting++] = follows ^ differ; /* the right child: the row's side unless it went left */
+        mask = misses ^ differ;
+    }
+}
+
+/* Add the leaves' rows of a tabulated tree to phi. */
+static void add_rows(const tree *t, const float *const *rows, double *phi) {
+    if (t->columns == 0) {
+        for (int32_t l = 0; l < t->num_leaves; ++l) {
+            const leaf_table *table = &t->leaves[l];
+            for (int32_t j = 0; j < table->k; ++j) {
+                phi[table->features[j]] += rows[l][j];
+            }
+        }
+        return;
+    }
+    lanes sum[DENSE_MAX_COLUMNS / LANES] = {{0}};
+    const int32_t groups = t->columns / LANES;
+    for (int32_t l = 0; l < t->num_leaves; ++l) {
+        for (int32_t g = 0; g < groups; ++g) {
+            lanes values;
+            memcpy(&values, rows[l] + g * LANES, sizeof values);
+            sum[g] += values;
+        }
+    }
+    for (int32_t c = 0; c < t->columns; ++c) {
+        if (t->column_feature[c] >= 0) {
+            phi[t->column_feature[c]] += sum[c / LANES][c % LANES];
+        }
+    }
+}
+
 VG_API void vg_forest_contributions(const vg_forest *forest, const float *row, double *phi) {
     enum { SLOTS = PATH_SLOTS * (PATH_SLOTS + 1) / 2 };
     path_element paths[SLOTS];
-    uint8_t went_left[TREE_NODE_LIMIT];
+    const float *rows[TREE_NODE_LIMIT];
     memset(phi, 0, (size_t)(forest->num_features + 1) * sizeof *phi);
     for (int32_t t = 0; t < forest->num_trees; ++t) {
         const tree *tr = &forest->trees[t];
@@ -419,22 +497,8 @@ VG_API void vg_forest_contributions(const vg_forest *forest, const float *row, d
             recurse(&forest->f, tr->nodes, row, phi, 0, 0, paths, 1, 1, -1);
             continue;
         }
-        for (int32_t i = 0; i < tr->num_nodes; ++i) { /* each split decided once, not once per leaf below it */
-            const node *n = &tr->nodes[i];
-            went_left[i] = n->left >= 0 && next_node(n, row) == n->left;
-        }
-        for (int32_t l = 0; l < tr->num_leaves; ++l) {
-            const leaf_table *leaf = &tr->leaves[l];
-            uint32_t mask = (1u << leaf->k) - 1;
-            const step *st = &tr->steps[leaf->first_step];
-            for (int32_t i = 0; i < leaf->steps; ++i) {
-                mask &= ~((uint32_t)(went_left[st[i].node] != st[i].goes_left) << st[i].element);
-            }
-            const float *c = leaf->contributions + (size_t)mask * (size_t)leaf->k;
-            for (int32_t j = 0; j < leaf->k; ++j) {
-                phi[leaf->features[j]] += c[j];
-            }
-        }
+        find_rows(tr, row, rows);
+        add_rows(tr, rows, phi);
     }
     phi[forest->num_features] = forest->bias;
 }
@@ -469,6 +533,74 @@ static void collect_paths(tree *t, int32_t index, step *path, int32_t depth, int
     collect_paths(t, n->right, path, depth + 1, leaf, steps);
 }
 
+/* Lay the subtree at `index` out in preorder from t->visits[*count]; `features` are the path's unique ones so far. */
+static void plan(tree *t, int32_t index, int32_t *features, int32_t k, int32_t *count) {
+    const node *n = &t->nodes[index];
+    visit *v = &t->visits[(*count)++];
+    v->feature = n->feature;
+    if (n->left < 0) {
+        return;
+    }
+    v->threshold = n->threshold;
+    v->default_left = (uint32_t)n->default_left;
+    int32_t j = 0;
+    while (j < k && features[j] != n->feature) {
+        ++j;
+    }
+    const int is_new = j == k;
+    v->set_bit = is_new ? 1u << j : 0;
+    v->clear_mask = is_new ? ~0u : ~(1u << j);
+    if (is_new) {
+        features[k++] = n->feature;
+    }
+    plan(t, n->left, features, k, count);
+    plan(t, n->right, features, k, count);
+}
+
+/* Give a tree dense rows when it splits on at most DENSE_MAX_COLUMNS features: one column each, padded to LANES. */
+static void choose_columns(tree *t) {
+    int32_t used = 0;
+    t->columns = 0;
+    for (int32_t l = 0; l < t->num_leaves; ++l) {
+        for (int32_t j = 0; j < t->leaves[l].k; ++j) {
+            const int32_t feature = t->leaves[l].features[j];
+            int32_t c = 0;
+            while (c < used && t->column_feature[c] != feature) {
+                ++c;
+            }
+            if (c == used) {
+                if (used == DENSE_MAX_COLUMNS) {
+                    return;
+                }
+                t->column_feature[used++] = feature;
+            }
+        }
+    }
+    t->columns = (used + LANES - 1) / LANES * LANES;
+    for (int32_t c = used; c < t->columns; ++c) {
+        t->column_feature[c] = -1;
+    }
+}
+
+/* Values the tree's tables hold with its rows' layout. */
+static size_t table_size(const tree *t) {
+    size_t size = 0;
+    for (int32_t l = 0; l < t->num_leaves; ++l) {
+        const int32_t k = t->leaves[l].k;
+        size += ((size_t)1 << k) * (size_t)(t->columns > 0 ? t->columns : k);
+    }
+    return size;
+}
+
+/* The column of `feature` in a tree with dense rows. */
+static int32_t column_of(const tree *t, int32_t feature) {
+    int32_t c = 0;
+    while (t->column_feature[c] != feature) {
+        ++c;
+    }
+    return c;
+}
+
 /* Tabulate a tree (Fast TreeSHAP, Yang 2021): at a leaf, path-dependent TreeSHAP depends on the row only through
  * which of the path's k unique features the row follows at every one of their splits (the element's one fraction,
  * 0 or 1); the zero fractions are fixed. So the k contributions of the leaf are computed once for each of the
@@ -489,7 +621,6 @@ static void tabulate(vg_forest *forest, tree *t) {
     int32_t leaf_count = 0, step_count = 0;
     collect_paths(t, 0, path, 0, &leaf_count, &step_count);
     double zero[PATH_SLOTS];
-    size_t size = 0;
     for (int32_t l = 0; l < num_leaves; ++l) {
         leaf_table *leaf = &t->leaves[l];
         leaf->k = 0;
@@ -509,7 +640,12 @@ static void tabulate(vg_forest *forest, tree *t) {
             }
             st->element = j;
         }
-        size += ((size_t)1 << leaf->k) * (size_t)leaf->k;
+    }
+    choose_columns(t);
+    size_t size = table_size(t);
+    if (t->columns > 0 && size > TREE_TABLE_LIMIT) { /* dense rows too large: sparse ones may fit */
+        t->columns = 0;
+        size = table_size(t);
     }
     if (size > TREE_TABLE_LIMIT || forest->tabulated + size > TABLE_BUDGET || t->num_nodes > TREE_NODE_LIMIT) {
         free_tables(t);
@@ -527,7 +663,12 @@ static void tabulate(vg_forest *forest, tree *t) {
             const node *n = &t->nodes[st->node];
             zero[st->element] *= t->nodes[st->goes_left ? n->left : n->right].cover / n->cover;
         }
-        leaf->contributions = malloc(((size_t)1 << k) * (size_t)(k > 0 ? k : 1) * sizeof(float));
+        const size_t width = t->columns > 0 ? (size_t)t->columns : (size_t)k;
+        int32_t column[TABLE_MAX_K]; /* where each of the path's features goes in a row */
+        for (int32_t j = 0; j < k; ++j) {
+            column[j] = t->columns > 0 ? column_of(t, leaf->features[j]) : j;
+        }
+        leaf->contributions = calloc(((size_t)1 << k) * (width > 0 ? width : 1), sizeof(float));
         if (leaf->contributions == NULL) {
             free_tables(t);
             return;
@@ -538,13 +679,22 @@ static void tabulate(vg_forest *forest, tree *t) {
             for (int32_t j = 0; j < k; ++j) {
                 extend(&forest->f, elements, j + 1, zero[j], (mask >> j) & 1u, leaf->features[j]);
             }
-            float *c = leaf->contributions + (size_t)mask * (size_t)k;
+            float *c = leaf->contributions + (size_t)mask * width;
             for (int32_t j = 0; j < k; ++j) {
                 const double one = (mask >> j) & 1u;
-                c[j] = (float)(unwound_sum(&forest->f, elements, k, j + 1) * (one - zero[j]) * value);
+                c[column[j]] = (float)(unwound_sum(&forest->f, elements, k, j + 1) * (one - zero[j]) * value);
             }
         }
     }
+    t->visits = calloc((size_t)t->num_nodes, sizeof *t->visits);
+    if (t->visits == NULL) {
+        free_tables(t);
+        return;
+    }
+    int32_t features[PATH_SLOTS], visited = 0;
+    plan(t, 0, features, 0, &visited);
+    free(t->steps); /* the paths were needed to build the tables only */
+    t->steps = NULL;
     forest->tabulated += size;
 }
 
