@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from bench_server import (
+    _cpu_seconds,
     _free_port,
     _production_like_model,
     _registry_with_champion,
@@ -111,12 +112,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory, programs: dict[str, Path])
             process.send_signal(signal.SIGTERM)
         for process in processes.values():
             process.wait(timeout=30)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _client(client: Path, target: str, *args: object) -> dict:

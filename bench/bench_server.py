@@ -141,8 +141,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             process.wait(timeout=30)
 
 
-def _cpu_seconds(pid: str) -> float:
-    """User + system CPU time of a process, from /proc."""
+def _cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process (all its threads), in seconds, from /proc (clock-tick resolution)."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
