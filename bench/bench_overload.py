@@ -2,8 +2,9 @@
 
 For each transport: the throughput with 8 calls in flight (5 s deadlines), then 3 s each of 256 and 1024 calls
 in flight with 5 ms deadlines, then the sequential p50 right after. Budgets that fail the benchmark:
-- every refusal under overload is DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or CANCELLED: nothing is counted as
-  INVALID_ARGUMENT or INTERNAL (a malformed request is the only INVALID_ARGUMENT);
+- every refusal under overload is DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, CANCELLED or HTTP/2's REFUSED_STREAM
+  (UNAVAILABLE): nothing is counted as INVALID_ARGUMENT or INTERNAL (a malformed request is the only
+  INVALID_ARGUMENT);
 - after the overload stops, the sequential p50 is back within 1.2x the unloaded p50 within 2 s.
 Reported beside them, with the targets they do not meet yet: answers OK within their deadline per second at 256
 and 1024 in flight as a ratio of the throughput at 8 in flight (target >= 0.8: today the calls queue inside gRPC
@@ -34,6 +35,10 @@ GOODPUT_TARGET = 0.8
 OVERLOAD_SECONDS = 3
 DEADLINE_MS = 5
 ALLOWED_REFUSALS = {"0", "1", "4", "8"}  # OK, CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
+# HTTP/2's own refusal for load: a stream past the connection's stream limit is reset with REFUSED_STREAM before
+# anything reads it (a client's reset of an expired call and its next call can cross on the wire); gRPC gives the
+# caller UNAVAILABLE, which is safe to retry elsewhere.
+REFUSED_STREAM = ("14", "RST_STREAM with error code 7")
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +119,11 @@ def test_overload_refuses_with_honest_codes_and_recovers(
                 f"flight; target >= {GOODPUT_TARGET}), admitted p99 {load['p99_us']:.0f} µs, codes {load['codes']}",
             )
             wrong = set(load["codes"]) - ALLOWED_REFUSALS
+            if all(REFUSED_STREAM[1] in said for said in load["messages"].get(REFUSED_STREAM[0], [""])):
+                wrong.discard(REFUSED_STREAM[0])
             if wrong:
-                failures.append(f"{transport} at {k} in flight answered codes {sorted(wrong)}")
+                said = "; ".join(f"{code}: {' | '.join(load['messages'].get(code, []))}" for code in sorted(wrong))
+                failures.append(f"{transport} at {k} in flight answered codes {sorted(wrong)} ({said})")
         bench_report(
             section,
             f"{transport}: RSS +{grown:.0f} MB (target <= {RSS_GROWTH_TARGET_MB}); "

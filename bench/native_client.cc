@@ -150,14 +150,46 @@ struct TimedCall : UnaryCall {
     Clock::time_point sent;
 };
 
+// `text` as the inside of a JSON string (quotes, backslashes and control characters escaped).
+std::string Escaped(const std::string &text) {
+    std::string out;
+    for (const char c : text) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (static_cast<unsigned char>(c) < 0x20) {
+            out += ' ';
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
 void Overload(grpc::GenericStub &stub, int k, double seconds, double deadline_ms) {
     grpc::CompletionQueue cq;
     const grpc::ByteBuffer request = Request();
+    {
+        // One call first, as on a long-lived channel: the server's HTTP/2 settings (its stream limit) are known
+        // before the load starts, so no stream is sent past the limit and refused.
+        grpc::ClientContext context;
+        grpc::ByteBuffer reply;
+        grpc::Status status;
+        void *tag;
+        bool ok;
+        auto call = stub.PrepareUnaryCall(&context, kPredict, request, &cq);
+        call->StartCall();
+        call->Finish(&reply, &status, &context);
+        cq.Next(&tag, &ok);
+        if (!status.ok())
+            Fail("the first Predict", status);
+    }
     const auto budget = std::chrono::duration<double, std::milli>(deadline_ms);
     const auto begin = Clock::now();
     const auto end = begin + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     long in_flight = 0, on_time = 0, late = 0;
     long codes[17] = {0};
+    std::vector<std::string> messages[17]; // the distinct messages of each code (a few), to tell refusals apart
     std::vector<double> micros;
     auto start_one = [&]() {
         auto *call = new TimedCall;
@@ -178,7 +210,12 @@ void Overload(grpc::GenericStub &stub, int k, double seconds, double deadline_ms
         --in_flight;
         const auto took = Clock::now() - call->sent;
         const int code = static_cast<int>(call->status.error_code());
-        codes[code >= 0 && code < 17 ? code : 2]++;
+        const int slot = code >= 0 && code < 17 ? code : 2;
+        codes[slot]++;
+        auto &said = messages[slot];
+        if (slot != 0 && said.size() < 4 &&
+            std::find(said.begin(), said.end(), call->status.error_message()) == said.end())
+            said.push_back(call->status.error_message());
         if (call->status.ok() && took <= budget) {
             ++on_time;
             micros.push_back(std::chrono::duration<double, std::micro>(took).count());
@@ -200,6 +237,17 @@ void Overload(grpc::GenericStub &stub, int k, double seconds, double deadline_ms
     for (int c = 0; c < 17; ++c) {
         if (codes[c]) {
             std::printf("%s\"%d\": %ld", first ? "" : ", ", c, codes[c]);
+            first = false;
+        }
+    }
+    std::printf("}, \"messages\": {");
+    first = true;
+    for (int c = 1; c < 17; ++c) {
+        if (codes[c]) {
+            std::printf("%s\"%d\": [", first ? "" : ", ", c);
+            for (size_t i = 0; i < messages[c].size(); ++i)
+                std::printf("%s\"%s\"", i ? ", " : "", Escaped(messages[c][i]).c_str());
+            std::printf("]");
             first = false;
         }
     }

@@ -365,6 +365,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "ML_GRPC_MAX_CONNECTION_AGE_SECONDS", "0", _float_in(0.0, 604800.0), "close connections this old (0: never)"
     ),
     EnvVar(
+        "ML_GRPC_MAX_CONCURRENT_STREAMS",
+        "64",
+        _int_in(1, 65_536),
+        "calls one connection may have open on the server; more wait at the client",
+    ),
+    EnvVar(
         "ML_GRPC_HANDSHAKE_TIMEOUT_SECONDS",
         "10",
         _float_in(0.1, 600.0),

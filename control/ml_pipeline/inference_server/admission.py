@@ -5,7 +5,8 @@ A late answer is worth nothing to the detection engine: a request whose deadline
 the caller falls back), and with `min_deadline_ms` a call without a deadline or with less time left is refused.
 Refusals are counted in the core's error counters by gRPC code. Compressed requests are refused unread unless
 accepted (a decompression bomb then costs nothing). Keepalive, idle and age limits and the handshake timeout keep
-idle or half-open connections from piling up.
+idle or half-open connections from piling up; the streams one connection may have open bound what a client can
+queue inside the server (its further calls wait at the client, where they cost the server nothing).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class AdmissionSettings:
     max_connection_idle_s: float = 300.0
     max_connection_age_s: float = 0.0  # 0: unlimited
     handshake_timeout_s: float = 10.0
-    max_concurrent_streams: int = 256
+    max_concurrent_streams: int = 64
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSION_CHOICES:
@@ -65,6 +66,7 @@ class AdmissionSettings:
             max_connection_idle_s=env_value("ML_GRPC_MAX_CONNECTION_IDLE_SECONDS", environ),
             max_connection_age_s=env_value("ML_GRPC_MAX_CONNECTION_AGE_SECONDS", environ),
             handshake_timeout_s=env_value("ML_GRPC_HANDSHAKE_TIMEOUT_SECONDS", environ),
+            max_concurrent_streams=env_value("ML_GRPC_MAX_CONCURRENT_STREAMS", environ),
         )
 
     @property
