@@ -24,6 +24,7 @@ import click
 import grpc
 import numpy as np
 import pandas as pd
+import xgboost as xgb
 
 from ml_pipeline.compiler.registered import DEFAULT_OUT_DIR, compile_registered
 from ml_pipeline.config import MLPipelineConfig
@@ -44,6 +45,7 @@ DEMO_DAYS = 14
 DEMO_SEED = 42
 SERVER_START_TIMEOUT_S = 60
 ACTOR = "make-demo"
+REASONS_SHOWN = 3  # the fraud call asks for its strongest reasons
 
 T = TypeVar("T")
 
@@ -212,7 +214,8 @@ def start_server(run: DemoRun) -> str:
 
 
 def predict_over_grpc(run: DemoRun) -> str:
-    """Send two real Predict calls (a fraud and a normal test row) and print the answers."""
+    """Send two real Predict calls (a fraud and a normal test row) and print the answers; the fraud call asks for
+    its reasons, printed beside XGBoost's own contributions for the same row."""
     sample = _needed(run.training_output, "the training output").test_sample
     rows = {"fraud": int(np.argmax(sample.proba)), "normal": int(np.argmin(sample.proba))}
     lines = []
@@ -223,14 +226,35 @@ def predict_over_grpc(run: DemoRun) -> str:
             response_deserializer=pb.PredictionResponse.FromString,
         )
         for label, index in rows.items():
-            request = pb.PredictionRequest(features=sample.X[index].tolist(), request_id=f"demo-{label}")
+            top_k = REASONS_SHOWN if label == "fraud" else 0
+            request = pb.PredictionRequest(
+                features=sample.X[index].tolist(), request_id=f"demo-{label}", explain_top_k=top_k
+            )
             answer = predict(request, timeout=5)
             lines.append(
                 f"{label} call → is_fraud={answer.is_fraud} probability={answer.probability:.4f} "
                 f"model_version={answer.model_version} latency_ms={answer.latency_ms:.3f} "
                 f"(labelled {'fraud' if sample.y[index] else 'normal'})"
             )
+            if top_k:
+                lines += _reasons_beside_xgboost(run, answer, sample.X[index])
     return "\n      ".join(lines)
+
+
+def _reasons_beside_xgboost(run: DemoRun, answer: pb.PredictionResponse, row: np.ndarray) -> list[str]:
+    """The answer's reasons, each next to XGBoost's own contribution (pred_contribs) for the same feature."""
+    output = _needed(run.training_output, "the training output")
+    booster = xgb.Booster(model_file=bytearray(output.model))
+    matrix = xgb.DMatrix(row.reshape(1, -1).astype(np.float32), feature_names=list(output.features), missing=np.nan)
+    own = booster.predict(matrix, pred_contribs=True)[0]
+    column = {name: i for i, name in enumerate(output.features)}
+    lines = [f"  reasons (bias {answer.bias:+.4f}; XGBoost's {own[-1]:+.4f}):"]
+    for reason in answer.reasons:
+        lines.append(
+            f"    {reason.feature:<26} value {reason.value:>10.3f}  contribution {reason.contribution:+.4f}  "
+            f"XGBoost pred_contribs {own[column[reason.feature]]:+.4f}"
+        )
+    return lines
 
 
 def stop_server(run: DemoRun) -> str:
