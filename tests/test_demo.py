@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ml_pipeline.config import MLPipelineConfig
-from ml_pipeline.demo import STEPS, DemoRun, check_quality_gate, main
+from ml_pipeline.demo import REASONS_SHOWN, STEPS, DemoRun, check_quality_gate, main
 from ml_pipeline.errors import JobFailed
+from ml_pipeline.model_registry import ModelRegistry
 from ml_pipeline.training.evaluator import ModelEvaluator
 
 
@@ -33,6 +35,13 @@ def test_demo_runs_every_step_and_writes_its_outputs(tmp_path: Path, capsys: pyt
     assert (tmp_path / "compiled_models" / f"{model_id}.so").is_file()
     assert "fraud call → is_fraud=True" in printed and f"model_version={model_id}" in printed
     assert "normal call → is_fraud=False" in printed
+    # The fraud call's reasons, each printed beside XGBoost's own contribution for the same row: they agree.
+    reasons = re.findall(r"contribution ([+-]\d+\.\d+)  XGBoost pred_contribs ([+-]\d+\.\d+)", printed)
+    assert len(reasons) == REASONS_SHOWN, printed
+    assert all(abs(float(ours) - float(theirs)) <= 2e-4 for ours, theirs in reasons), reasons
+    # Compiled once, before the promotion (which then finds the verified library and compiles nothing).
+    history = ModelRegistry(out / "registry").history(model_id)
+    assert [entry.action for entry in history].count("compile") == 1, history
     assert "stopped after SIGTERM, exit code 0" in printed
 
 

@@ -160,17 +160,23 @@ def register_model(run: DemoRun) -> str:
     return f"{run.model_id} registered as candidate in {registry.root}/"
 
 
-def approve_and_promote(run: DemoRun) -> str:
-    """Approve the candidate (the manual sign-off before production) and promote it to champion."""
+def approve(run: DemoRun) -> str:
+    """Approve the candidate: the manual sign-off before production."""
     registry, model_id = _needed(run.registry, "the registry"), _needed(run.model_id, "the model id")
     registry.approve_model(model_id, actor=ACTOR, reason="passed the quality gate in make demo")
+    return f"{model_id} approved by {ACTOR}"
+
+
+def promote(run: DemoRun) -> str:
+    """Promote the approved, compiled model to champion: what the servers load."""
+    registry, model_id = _needed(run.registry, "the registry"), _needed(run.model_id, "the model id")
     registry.promote_to_champion(model_id, actor=ACTOR, reason="make demo")
     state = registry.serving_state()
     return f"champion {state.champion_id} (serving generation {state.generation})"
 
 
-def compile_champion(run: DemoRun) -> str:
-    """Compile the champion to a shared library, verified against XGBoost, and record it in the registry."""
+def compile_approved(run: DemoRun) -> str:
+    """Compile the approved model to a shared library, verified against XGBoost, and record it in the registry."""
     registry, model_id = _needed(run.registry, "the registry"), _needed(run.model_id, "the model id")
     result = compile_registered(registry, model_id, run.compiled_dir, progress=lambda line: None)
     return (
@@ -279,8 +285,9 @@ STEPS: list[Step] = [
     Step("Write evaluation report", write_evaluation_report),
     Step("Quality gate", check_quality_gate),
     Step("Register in the model registry", register_model),
-    Step("Approve and promote to champion", approve_and_promote),
-    Step("Compile to native code (make compile-model)", compile_champion),
+    Step("Approve", approve),
+    Step("Compile to native code (make compile-model)", compile_approved),
+    Step("Promote to champion", promote),
     Step("Serve over gRPC", start_server),
     Step("Predict over gRPC", predict_over_grpc),
     Step("Stop the server", stop_server),
