@@ -28,7 +28,7 @@ from ml_pipeline.model_registry import ModelMetadata
 
 SHADOW_CPU_VS_PLAIN = 1.10
 ROUNDS = 5
-CALLS = 4000  # per round: the CPU clock ticks every 10 ms, a shadow score costs a few µs
+CALLS = 8000  # per round: the CPU clock ticks every 10 ms, a shadow score costs a few µs
 SERVERS = ("plain", "shadow")
 
 
