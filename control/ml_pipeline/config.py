@@ -366,7 +366,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar(
         "ML_GRPC_MAX_CONCURRENT_STREAMS",
-        "128",
+        "256",
         _int_in(1, 65_536),
         "calls one connection may have open on the server; more wait at the client",
     ),

@@ -49,7 +49,7 @@ class AdmissionSettings:
     max_connection_idle_s: float = 300.0
     max_connection_age_s: float = 0.0  # 0: unlimited
     handshake_timeout_s: float = 10.0
-    max_concurrent_streams: int = 128
+    max_concurrent_streams: int = 256
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSION_CHOICES:
