@@ -18,7 +18,7 @@
 /* A tree is tabulated when its tables hold at most this many values, the forest at most TABLE_BUDGET. */
 #define TREE_TABLE_LIMIT (1 << 16)
 #define TABLE_BUDGET (1 << 23)
-/* ... and has at most this many nodes: explaining a row first notes the side it takes at each of them. */
+/* ... and has at most this many nodes: explaining a row notes each leaf's table row on the stack first. */
 #define TREE_NODE_LIMIT 4096
 /* Most unique features on a tabulated leaf's path (TREE_TABLE_LIMIT allows no more: 2^13 x 13 > 2^16). */
 #define TABLE_MAX_K 12
@@ -432,6 +432,11 @@ static void recurse(const factors *f, const node *nodes, const float *row, doubl
     recurse(f, nodes, row, phi, cold, depth + 1, path, nodes[cold].cover / n->cover * incoming_zero, 0, n->feature);
 }
 
+/* Values in one table row of a leaf with `k` unique features on its path: the tree's columns (dense) or k. */
+static inline size_t row_width(const tree *t, int32_t k) {
+    return t->columns > 0 ? (size_t)t->columns : (size_t)k;
+}
+
 /* Each leaf's table row for `row`: one pass over the tree in preorder carries the pattern of the path (bit j: the
  * row follows every split on the path's j-th feature), without a branch on the row's values (a mispredicted branch
  * per split would cost more than the rest). Rows are prefetched as they are found. */
@@ -443,8 +448,7 @@ static void find_rows(const tree *t, const float *row, const float **rows) {
         const visit *v = &t->visits[i];
         if (v->feature < 0) {
             const leaf_table *table = &t->leaves[leaf];
-            const size_t width = t->columns > 0 ? (size_t)t->columns : (size_t)table->k;
-            rows[leaf] = table->contributions + (size_t)mask * width;
+            rows[leaf] = table->contributions + (size_t)mask * row_width(t, table->k);
             __builtin_prefetch(rows[leaf]);
             ++leaf;
             mask = waiting > 0 ? pending[--waiting] : 0;
@@ -587,7 +591,7 @@ static size_t table_size(const tree *t) {
     size_t size = 0;
     for (int32_t l = 0; l < t->num_leaves; ++l) {
         const int32_t k = t->leaves[l].k;
-        size += ((size_t)1 << k) * (size_t)(t->columns > 0 ? t->columns : k);
+        size += ((size_t)1 << k) * row_width(t, k);
     }
     return size;
 }
@@ -663,7 +667,7 @@ static void tabulate(vg_forest *forest, tree *t) {
             const node *n = &t->nodes[st->node];
             zero[st->element] *= t->nodes[st->goes_left ? n->left : n->right].cover / n->cover;
         }
-        const size_t width = t->columns > 0 ? (size_t)t->columns : (size_t)k;
+        const size_t width = row_width(t, k);
         int32_t column[TABLE_MAX_K]; /* where each of the path's features goes in a row */
         for (int32_t j = 0; j < k; ++j) {
             column[j] = t->columns > 0 ? column_of(t, leaf->features[j]) : j;
