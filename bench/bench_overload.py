@@ -18,10 +18,8 @@ Run: `make bench` or `.venv/bin/pytest bench/bench_overload.py -s --benchmark-en
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +27,13 @@ from pathlib import Path
 import grpc
 import pytest
 from bench_native_transport import programs  # noqa: F401 - the fixture building the C++ client
-from bench_server import _free_port, _production_like_model, _registry_with_champion, _wait_ready
+from bench_server import (
+    _free_port,
+    _production_like_model,
+    _registry_with_champion,
+    _start_inference_server,
+    _wait_ready,
+)
 
 P50_RECOVERY = 1.2
 RECOVERY_SECONDS = 2.0
@@ -54,16 +58,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
     targets: dict[str, str] = {}
     for transport in ("native", "grpcio"):
         port = _free_port()
-        env = {
-            **os.environ,
-            "ML_MODEL_REGISTRY_PATH": str(registry.root),
-            "ML_INFERENCE_HOST": "127.0.0.1",
-            "ML_INFERENCE_PORT": str(port),
-            "ML_METRICS_PORT": str(_free_port()),
-            "ML_INFERENCE_TRANSPORT": transport,
-        }
-        command = [sys.executable, "-m", "ml_pipeline.inference_server"]
-        processes[transport] = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        processes[transport] = _start_inference_server(registry.root, port, transport)
         targets[transport] = f"127.0.0.1:{port}"
     try:
         for target in targets.values():

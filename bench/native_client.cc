@@ -83,6 +83,20 @@ std::string SequentialMethod() {
     return method != nullptr ? method : kPredict;
 }
 
+// One unary call of `method`, waited for on `cq`; its status.
+grpc::Status Unary(grpc::GenericStub &stub, grpc::CompletionQueue &cq, grpc::ClientContext &context,
+                   const std::string &method, const grpc::ByteBuffer &request) {
+    grpc::ByteBuffer reply;
+    grpc::Status status;
+    void *tag;
+    bool ok;
+    auto call = stub.PrepareUnaryCall(&context, method, request, &cq);
+    call->StartCall();
+    call->Finish(&reply, &status, &context);
+    cq.Next(&tag, &ok);
+    return status;
+}
+
 void Sequential(grpc::GenericStub &stub, long n) {
     const std::string method = SequentialMethod();
     grpc::CompletionQueue cq;
@@ -92,15 +106,8 @@ void Sequential(grpc::GenericStub &stub, long n) {
     for (long i = 0; i < n; ++i) {
         const grpc::ByteBuffer &request = requests[static_cast<size_t>(i) % requests.size()];
         grpc::ClientContext context;
-        grpc::ByteBuffer reply;
-        grpc::Status status;
-        void *tag;
-        bool ok;
         const auto start = Clock::now();
-        auto call = stub.PrepareUnaryCall(&context, method, request, &cq);
-        call->StartCall();
-        call->Finish(&reply, &status, &context);
-        cq.Next(&tag, &ok);
+        const grpc::Status status = Unary(stub, cq, context, method, request);
         micros.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
         if (!status.ok())
             Fail(method.c_str(), status);
@@ -173,14 +180,7 @@ void Overload(grpc::GenericStub &stub, int k, double seconds, double deadline_ms
         // One call first, as on a long-lived channel: the server's HTTP/2 settings (its stream limit) are known
         // before the load starts, so no stream is sent past the limit and refused.
         grpc::ClientContext context;
-        grpc::ByteBuffer reply;
-        grpc::Status status;
-        void *tag;
-        bool ok;
-        auto call = stub.PrepareUnaryCall(&context, kPredict, request, &cq);
-        call->StartCall();
-        call->Finish(&reply, &status, &context);
-        cq.Next(&tag, &ok);
+        const grpc::Status status = Unary(stub, cq, context, kPredict, request);
         if (!status.ok())
             Fail("the first Predict", status);
     }

@@ -222,7 +222,8 @@ def start_server(run: DemoRun) -> str:
 def predict_over_grpc(run: DemoRun) -> str:
     """Send two real Predict calls (a fraud and a normal test row) and print the answers; the fraud call asks for
     its reasons, printed beside XGBoost's own contributions for the same row."""
-    sample = _needed(run.training_output, "the training output").test_sample
+    output = _needed(run.training_output, "the training output")
+    sample = output.test_sample
     rows = {"fraud": int(np.argmax(sample.proba)), "normal": int(np.argmin(sample.proba))}
     lines = []
     with grpc.insecure_channel(f"127.0.0.1:{run.port}") as channel:
@@ -243,13 +244,12 @@ def predict_over_grpc(run: DemoRun) -> str:
                 f"(labelled {'fraud' if sample.y[index] else 'normal'})"
             )
             if top_k:
-                lines += _reasons_beside_xgboost(run, answer, sample.X[index])
+                lines += _reasons_beside_xgboost(output, answer, sample.X[index])
     return "\n      ".join(lines)
 
 
-def _reasons_beside_xgboost(run: DemoRun, answer: pb.PredictionResponse, row: np.ndarray) -> list[str]:
+def _reasons_beside_xgboost(output: TrainingOutput, answer: pb.PredictionResponse, row: np.ndarray) -> list[str]:
     """The answer's reasons, each next to XGBoost's own contribution (pred_contribs) for the same feature."""
-    output = _needed(run.training_output, "the training output")
     booster = xgb.Booster(model_file=bytearray(output.model))
     matrix = xgb.DMatrix(row.reshape(1, -1).astype(np.float32), feature_names=list(output.features), missing=np.nan)
     own = booster.predict(matrix, pred_contribs=True)[0]
