@@ -11,7 +11,7 @@ Reported beside them, with the targets they do not meet: answers OK within their
 1024 in flight as a ratio of the throughput at 8 in flight (target >= 0.8: the calls wait in a first-in
 first-out queue, gRPC's or the client's, longer than 5 ms, so the call served next has always just expired),
 and the server's RSS growth over the overload (target <= 50 MB: the native transport's varies from run to run,
-from about 10 to 150 MB, in memory gRPC keeps after the burst).
+from about 10 to 700 MB, in memory gRPC keeps after the burst).
 Run: `make bench` or `.venv/bin/pytest bench/bench_overload.py -s --benchmark-enable`.
 """
 
