@@ -169,11 +169,13 @@ def test_sigterm_under_load_loses_no_call_in_flight(server_process: tuple[subpro
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+    exited = time.monotonic()
     stop.set()
     for thread in callers:
         thread.join(timeout=30)
     before = collections.Counter(code for sent, code in results if sent < signalled)
-    after = collections.Counter(code for sent, code in results if sent >= signalled)
+    # while the server still runs (a call to a port nobody listens on any more is the client library's affair)
+    after = collections.Counter(code for sent, code in results if signalled <= sent < exited)
     assert before[grpc.StatusCode.OK] > 64 and set(before) == {grpc.StatusCode.OK}, before
     assert grpc.StatusCode.DEADLINE_EXCEEDED not in after, after  # refused or answered, never left hanging
 

@@ -234,6 +234,21 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
     registry.close()
 
 
+@pytest.mark.integration
+def test_a_connection_killed_mid_statement_is_not_reused(pg_dsn, pg_admin_dsn):
+    from ml_pipeline.model_registry.db_session import DatabaseSession
+
+    session = DatabaseSession(pg_dsn)
+    pid = session.call(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
+    killer = threading.Timer(0.5, _admin, (pg_admin_dsn, "SELECT pg_terminate_backend($1)", pid))
+    killer.start()
+    with pytest.raises(RegistryUnavailable):  # the administrator's termination, while the statement runs
+        session.call(lambda conn: conn.fetchval("SELECT pg_sleep(5)"))
+    assert session.call(lambda conn: conn.fetchval("SELECT pg_backend_pid()")) != pid  # at once: a new connection
+    killer.join()
+    session.close()
+
+
 # ---- writers at once, writers killed ----
 
 

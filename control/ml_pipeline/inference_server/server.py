@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -283,9 +284,10 @@ class InferenceServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         if self._server is not None:
+            end = time.monotonic() + grace
             if self._grpcio_admission is not None:
                 await self._grpcio_admission.drain_then_close(grace)
-            await self._server.stop(grace)
+            await self._server.stop(max(0.0, end - time.monotonic()))  # one grace for the whole drain
         if self._native is not None:
             await asyncio.to_thread(self._native.shutdown, grace)
         if self._rest is not None:
@@ -344,7 +346,11 @@ class InferenceServer:
     async def _watch_registry(self) -> None:
         while True:
             await asyncio.sleep(self.poll_seconds)
-            await self._converge(force=False)
+            try:
+                await self._converge(force=False)
+            except Exception:  # an unforeseen failure of one poll must not end polling for the process's life
+                log.exception("registry poll failed; keeping the current models and polling on")
+                self.convergence.events["registry_error", "-"] += 1
 
     async def _converge(self, force: bool) -> None:
         loop = asyncio.get_running_loop()

@@ -42,6 +42,7 @@ CONNECTION_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,  # the connection's protocol is out of step (e.g. killed under a statement)
 )
 
 
@@ -129,6 +130,8 @@ class DatabaseSession:
                 result = await asyncio.wait_for(fn(conn), COMMAND_TIMEOUT_S)
                 broken = False
                 return result
+            except CONNECTION_ERRORS:
+                raise  # AdminShutdownError is a PostgresError too, but its connection is gone
             except asyncpg.PostgresError:
                 broken = False  # a refused statement leaves the connection usable
                 raise
