@@ -21,6 +21,7 @@ import pytest
 from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
 from bench_reasons import _predict_requests, _registry
 from bench_server import _free_port, _start_inference_server, _wait_ready
+from timing import turns
 
 from ml_pipeline.proto_gen import grpc_predict_v2_pb2 as ip
 
@@ -76,8 +77,8 @@ def test_model_infer_latency_budget(
     targets: dict[str, tuple[str, int]] = setup["targets"]  # type: ignore[assignment]
     files: dict[str, Path] = setup["files"]  # type: ignore[assignment]
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {(t, m): [] for t in TRANSPORTS for m in METHODS}
-    for _ in range(ROUNDS):
-        for transport in TRANSPORTS:
+    for round_index in range(ROUNDS):
+        for transport in turns(TRANSPORTS, round_index):
             for name, method in METHODS.items():
                 runs[transport, name].append(_sequential(client, *targets[transport], files[name], CALLS, method))
     p50 = {key: statistics.median(r[0] for r in rounds) for key, rounds in runs.items()}

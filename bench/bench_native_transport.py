@@ -35,6 +35,7 @@ from bench_server import (
     _wait_ready,
 )
 from native_support import require, require_native_transport
+from timing import turns
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -167,9 +168,9 @@ def test_native_transport_budgets(
 ) -> None:
     """Interleaved rounds over the three servers; fails when a budget ratio is exceeded."""
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
-    for _ in range(ROUNDS):
-        for name, (target, pid) in servers.items():
-            rounds[name].append(_measure(programs["client"], target, pid))
+    for round_index in range(ROUNDS):
+        for name in turns(servers, round_index):
+            rounds[name].append(_measure(programs["client"], *servers[name]))
     result = {
         name: {
             "p50_us": statistics.median(r["p50_us"] for r in runs),

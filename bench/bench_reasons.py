@@ -22,6 +22,7 @@ import pytest
 import xgboost as xgb
 from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
 from bench_server import _free_port, _start_inference_server, _wait_ready
+from timing import turns
 
 from ml_pipeline.compiler import compile_model
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
@@ -103,11 +104,12 @@ def test_reason_code_budgets(
     client = programs["client"]
     targets: dict[str, tuple[str, int]] = setup["targets"]  # type: ignore[assignment]
     plain, explained = setup["plain"], setup["explained"]
-    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "explained": [], "flagged": []}
-    for _ in range(ROUNDS):
-        runs["plain"].append(_sequential(client, *targets["request"], plain, CALLS))  # type: ignore[arg-type]
-        runs["explained"].append(_sequential(client, *targets["request"], explained, CALLS))  # type: ignore[arg-type]
-        runs["flagged"].append(_sequential(client, *targets["flagged"], plain, CALLS))  # type: ignore[arg-type]
+    cases = {"plain": ("request", plain), "explained": ("request", explained), "flagged": ("flagged", plain)}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for round_index in range(ROUNDS):
+        for name in turns(cases, round_index):
+            server, requests = cases[name]
+            runs[name].append(_sequential(client, *targets[server], requests, CALLS))  # type: ignore[arg-type]
     p50 = {name: statistics.median(r[0] for r in rounds) for name, rounds in runs.items()}
     cpu = {name: statistics.median(r[1] for r in rounds) for name, rounds in runs.items()}
     section = f"reason codes (native transport, C++ client, medians of {ROUNDS} rounds)"

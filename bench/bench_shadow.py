@@ -3,7 +3,8 @@
 Two native-transport servers on 127.0.0.1 serve the same production-size champion (100 trees of depth 6, trained
 on demo alerts); the second also serves a shadow (the same trees under another id, so both scores cost the same)
 on every request. The C++ client (bench/native_client.cc) sends the same demo-like rows, sequentially, to each in
-interleaved rounds. Budget: server CPU per Predict with the shadow <= 1.10x without.
+interleaved rounds, each server first in half of them (two identical servers measured in a fixed order differed by
+up to 10 % here). Budget: server CPU per Predict with the shadow <= 1.10x without, as the median of the rounds' ratios.
 Run: `make bench` or `.venv/bin/pytest bench/bench_shadow.py -s --benchmark-enable`.
 """
 
@@ -20,6 +21,7 @@ import pytest
 from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
 from bench_reasons import _predict_requests, _registry
 from bench_server import _free_port, _start_inference_server, _wait_ready
+from timing import turns
 
 from ml_pipeline.ab_testing.evidence import ScrapedMetrics
 from ml_pipeline.compiler import compile_model
@@ -27,8 +29,8 @@ from ml_pipeline.data.features import FEATURE_NAMES
 from ml_pipeline.model_registry import ModelMetadata
 
 SHADOW_CPU_VS_PLAIN = 1.10
-ROUNDS = 5
-CALLS = 8000  # per round: the CPU clock ticks every 10 ms, a shadow score costs a few µs
+ROUNDS = 6  # even: each server goes first in half of them
+CALLS = 6000  # per round: the CPU clock ticks every 10 ms, a shadow score costs a few µs
 SERVERS = ("plain", "shadow")
 
 
@@ -84,8 +86,8 @@ def test_shadow_cpu_budget(
     targets: dict[str, tuple[str, int]] = setup["targets"]  # type: ignore[assignment]
     requests: Path = setup["requests"]  # type: ignore[assignment]
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in SERVERS}
-    for _ in range(ROUNDS):
-        for name in SERVERS:
+    for round_index in range(ROUNDS):
+        for name in turns(SERVERS, round_index):
             runs[name].append(_sequential(client, *targets[name], requests, CALLS))
     p50 = {name: statistics.median(r[0] for r in rounds) for name, rounds in runs.items()}
     cpu = {name: statistics.median(r[1] for r in rounds) for name, rounds in runs.items()}
@@ -95,6 +97,8 @@ def test_shadow_cpu_budget(
     shadowed = ScrapedMetrics([str(setup["shadow_metrics"])]).totals().count("shadow_requests", "shadow_v1")
     bench_report(section, f"requests the shadow scored: {shadowed:,.0f}")
     assert shadowed >= ROUNDS * CALLS, "the shadow did not score every request"
-    ratio = cpu["shadow"] / cpu["plain"]
-    bench_report(section, f"CPU/call shadow/plain: {ratio:.3f} (budget <= {SHADOW_CPU_VS_PLAIN})")
+    ratio = statistics.median(s[1] / p[1] for s, p in zip(runs["shadow"], runs["plain"], strict=True))
+    bench_report(
+        section, f"CPU/call shadow/plain (median of the rounds' ratios): {ratio:.3f} (budget <= {SHADOW_CPU_VS_PLAIN})"
+    )
     assert ratio <= SHADOW_CPU_VS_PLAIN, f"CPU/call shadow/plain = {ratio:.3f} > {SHADOW_CPU_VS_PLAIN}"

@@ -16,6 +16,7 @@ import time
 import grpc
 import numpy as np
 from grpc import aio
+from timing import turns
 
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
 
@@ -35,13 +36,14 @@ REQUESTS = [
 
 def sequential(targets: dict[str, str], calls: int, block: int = 20) -> dict[str, list[float]]:
     """Latencies (µs) of `calls` back-to-back Predict calls per target, one channel each, alternating between
-    targets every `block` calls so that a burst of load from elsewhere hits every target alike."""
+    targets every `block` calls (in `turns`) so that a burst of load from elsewhere hits every target alike."""
     channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
     try:
         stubs = {name: channel.unary_unary("/FraudDetection/Predict") for name, channel in channels.items()}
         out: dict[str, list[float]] = {name: [] for name in targets}
-        for first in range(0, calls, block):
-            for name, predict in stubs.items():
+        for block_index, first in enumerate(range(0, calls, block)):
+            for name in turns(stubs, block_index):
+                predict = stubs[name]
                 for i in range(first, min(first + block, calls)):
                     raw = REQUESTS[i % len(REQUESTS)]
                     started = time.perf_counter_ns()
@@ -136,9 +138,9 @@ def main() -> None:
     sequential(targets, 300)  # warm-up: connections, caches, lazy initialisation
     latencies = sequential(targets, args.calls * args.rounds)
     throughput: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(args.rounds):
-        for name, target in targets.items():
-            throughput[name].append(in_flight(target, args.seconds))
+    for round_index in range(args.rounds):
+        for name in turns(targets, round_index):
+            throughput[name].append(in_flight(targets[name], args.seconds))
     report: dict[str, dict[str, float]] = {
         name: {**summary(latencies[name]), "rps_8_in_flight": float(np.median(throughput[name]))} for name in targets
     }

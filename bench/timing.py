@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 Timed = Callable[[], float]
+T = TypeVar("T")
+
+
+def turns(candidates: Iterable[T], round_index: int) -> list[T]:
+    """The candidates in the order they take their turn in round `round_index`: reversed every other round, so
+    that whatever going first or last is worth on this machine falls to every candidate alike."""
+    order = list(candidates)
+    return order if round_index % 2 == 0 else order[::-1]
 
 
 def wall(fn: Callable[[], object]) -> Timed:
@@ -22,9 +31,9 @@ def wall(fn: Callable[[], object]) -> Timed:
 
 
 def interleaved_best(candidates: dict[str, Timed], repeat: int = 7) -> dict[str, float]:
-    """Best (smallest) seconds of each candidate over `repeat` rounds, candidates taking turns within a round."""
+    """Best (smallest) seconds of each candidate over `repeat` rounds, candidates taking turns (see `turns`)."""
     best = dict.fromkeys(candidates, math.inf)
-    for _ in range(repeat):
-        for name, run in candidates.items():
-            best[name] = min(best[name], run())
+    for round_index in range(repeat):
+        for name in turns(candidates, round_index):
+            best[name] = min(best[name], candidates[name]())
     return best

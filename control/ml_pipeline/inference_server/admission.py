@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from ml_pipeline.native.serving_core import ServingCore
 #: Requests in flight per CPU core when ML_MAX_IN_FLIGHT is not set: a scored request costs microseconds, so
 #: this many queued on one core still answer within a few milliseconds.
 IN_FLIGHT_PER_CORE = 64
-#: Of the shutdown grace, the time spent answering calls accepted before it (see drain_then_close).
+#: Of the shutdown grace, the time spent answering calls accepted before it (see serve_on_then_close).
 SERVE_ON_SECONDS = 0.5
 COMPRESSION_CHOICES = ("identity", "gzip")
 
@@ -102,13 +101,15 @@ class AdmissionSettings:
 
 
 class GrpcioAdmission:
-    """The grpcio transport's admission: the native transport's rules (native/transport), in Python."""
+    """The grpcio transport's admission: the native transport's rules (native/transport), in Python.
+
+    The bound on requests in flight is grpcio's own (the server's maximum_concurrent_rpcs: beyond it
+    RESOURCE_EXHAUSTED at once): a request is scored on the event loop without yielding it, so no count of
+    requests being scored is needed here, and none is ever half-scored when another coroutine runs."""
 
     def __init__(self, core: ServingCore, settings: AdmissionSettings) -> None:
         self._core = core
-        self._limit = settings.in_flight_limit
         self._min_deadline_s = settings.min_deadline_ms / 1000
-        self._in_flight = 0
         self._closing = False
 
     @property
@@ -119,18 +120,13 @@ class GrpcioAdmission:
     def refusal(
         self, context: aio.ServicerContext[bytes, bytes], in_open_stream: bool = False
     ) -> tuple[grpc.StatusCode, str] | None:
-        """None and one more request in flight (end it with leave()), or the (code, message) of the refusal.
+        """None when the request may be scored, else the (code, message) of the refusal, counted.
 
         A message of a stream opened before the shutdown began (`in_open_stream`) is still served."""
         refused = self._check(context, in_open_stream)
         if refused is not None:
             self._core.count_refusal(refused[0].value[0])
-            return refused
-        self._in_flight += 1
-        return None
-
-    def leave(self) -> None:
-        self._in_flight -= 1
+        return refused
 
     def _check(
         self, context: aio.ServicerContext[bytes, bytes], in_open_stream: bool
@@ -147,18 +143,10 @@ class GrpcioAdmission:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"calls need a deadline of at least {self._min_deadline_s * 1000:g} ms (ML_MIN_DEADLINE_MS)",
             )
-        if self._in_flight >= self._limit:
-            return (
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server at capacity ({self._limit} requests in flight): fall back or retry on another replica",
-            )
         return None
 
-    async def drain_then_close(self, grace: float) -> None:
+    async def serve_on_then_close(self, grace: float) -> None:
         """Shutdown: answer calls accepted before it for a moment (stopping the server would cancel every call
-        no handler has started yet), then refuse new ones with UNAVAILABLE and wait for the running ones."""
-        end = time.monotonic() + grace
+        no handler has started yet), then refuse new ones with UNAVAILABLE (the server's stop waits for streams)."""
         await asyncio.sleep(min(grace / 2, SERVE_ON_SECONDS))
         self._closing = True
-        while self._in_flight and time.monotonic() < end:
-            await asyncio.sleep(0.001)

@@ -28,15 +28,13 @@ async def admitted(
 ) -> bytes:
     """`score(request)` when `admission` (None: no admission control) lets the call in, else the call aborted
     with the refusal; a request the core refuses aborts with the core's status and message."""
-    if admission is not None and (refused := admission.refusal(context, in_open_stream)) is not None:
-        await context.abort(*refused)
-    try:
-        return score(request)
-    except ServingError as exc:
-        await context.abort(_STATUS[exc.code], exc.message)
-    finally:
-        if admission is not None:
-            admission.leave()
+    refused = None if admission is None else admission.refusal(context, in_open_stream)
+    if refused is None:
+        try:
+            return score(request)
+        except ServingError as exc:
+            refused = _STATUS[exc.code], exc.message
+    await context.abort(*refused)
 
 
 def fraud_detection_handler(

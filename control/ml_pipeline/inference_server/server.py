@@ -286,7 +286,7 @@ class InferenceServer:
         if self._server is not None:
             end = time.monotonic() + grace
             if self._grpcio_admission is not None:
-                await self._grpcio_admission.drain_then_close(grace)
+                await self._grpcio_admission.serve_on_then_close(grace)
             await self._server.stop(max(0.0, end - time.monotonic()))  # one grace for the whole drain
         if self._native is not None:
             await asyncio.to_thread(self._native.shutdown, grace)
