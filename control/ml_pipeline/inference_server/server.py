@@ -346,11 +346,7 @@ class InferenceServer:
     async def _watch_registry(self) -> None:
         while True:
             await asyncio.sleep(self.poll_seconds)
-            try:
-                await self._converge(force=False)
-            except Exception:  # an unforeseen failure of one poll must not end polling for the process's life
-                log.exception("registry poll failed; keeping the current models and polling on")
-                self.convergence.events["registry_error", "-"] += 1
+            await self._converge(force=False)
 
     async def _converge(self, force: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -360,6 +356,9 @@ class InferenceServer:
             if self.registry_reachable:  # said once per outage, not at every poll
                 log.error("cannot read the registry at %s, keeping the current models: %s", self.registry.location, exc)
             self.registry_reachable = False
+            self.convergence.events["registry_error", "-"] += 1
+        except Exception:  # an unforeseen failure of one read must not end polling for the process's life
+            log.exception("registry read failed; keeping the current models")
             self.convergence.events["registry_error", "-"] += 1
         else:
             if not self.registry_reachable:
