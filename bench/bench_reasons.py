@@ -1,10 +1,11 @@
 """Reason codes over the native transport: what an explained answer costs, as ratios measured in one run.
 
 Two native-transport servers on 127.0.0.1 serve the same production-size model (100 trees of depth 6, trained on
-demo alerts, compiled with its explainer): one with ML_EXPLAIN=request, one with ML_EXPLAIN=flagged. The C++
-client (bench/native_client.cc) sends demo-like rows in turn, sequentially, in interleaved rounds. Budgets:
-Predict with explain_top_k=3 p50 <= 1.5x a plain Predict's p50 (same server); with ML_EXPLAIN=flagged, at the
-demo's fraud rate, server CPU per plain Predict <= 1.10x the request policy's.
+demo alerts, registered with a held-out test sample and compiled as the product compiles a registered model:
+verified against XGBoost, profile-guided, with its explainer): one with ML_EXPLAIN=request, one with
+ML_EXPLAIN=flagged. The C++ client (bench/native_client.cc) sends demo-like rows in turn, sequentially, in
+interleaved rounds. Budgets: Predict with explain_top_k=3 p50 <= 1.5x a plain Predict's p50 (same server); with
+ML_EXPLAIN=flagged, at the demo's fraud rate, server CPU per plain Predict <= 1.10x the request policy's.
 Run: `make bench` or `.venv/bin/pytest bench/bench_reasons.py -s --benchmark-enable`.
 """
 
@@ -24,17 +25,19 @@ from bench_native_transport import _requests_file, _sequential, programs  # noqa
 from bench_server import _free_port, _start_inference_server, _wait_ready
 from timing import turns
 
-from ml_pipeline.compiler import compile_model
+from ml_pipeline.compiler.registered import compile_registered
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
 from ml_pipeline.data.generator import generate_alerts
 from ml_pipeline.model_registry import ModelMetadata, ModelRegistry
 from ml_pipeline.proto_gen import fraud_detection_pb2 as pb
+from ml_pipeline.records import ModelAttachments, TestSample
 
 EXPLAINED_P50_VS_PLAIN = 1.5
 FLAGGED_CPU_VS_REQUEST = 1.10
 ROUNDS = 3
 CALLS = 6000
 LIVE_ROWS = 500
+SAMPLE_ROWS = 5000  # the held-out rows registered as the test sample: the compiler verifies and profiles with them
 POLICIES = ("request", "flagged")
 
 
@@ -46,6 +49,11 @@ def _registry(folder: Path) -> tuple[ModelRegistry, np.ndarray, float]:
     booster = xgb.train(params, xgb.DMatrix(x, label=frame[LABEL], feature_names=FEATURE_NAMES), 100)
     model_json = folder / "model.json"
     booster.save_model(model_json)
+    held_out = generate_alerts(SAMPLE_ROWS, seed=23)
+    sample_x = held_out[FEATURE_NAMES].to_numpy(np.float32)
+    TestSample(X=sample_x, y=held_out[LABEL].to_numpy(), proba=booster.inplace_predict(sample_x)).write(
+        ModelAttachments.test_sample_path(model_json)
+    )
     registry = ModelRegistry(folder / "registry")
     created = datetime.now(UTC).isoformat()
     metadata = ModelMetadata(
@@ -53,9 +61,8 @@ def _registry(folder: Path) -> tuple[ModelRegistry, np.ndarray, float]:
     )
     registry.register_model(model_json, metadata)
     registry.approve_model("reasons_v1", actor="bench")
-    result = compile_model(registry.artifact_path("reasons_v1"), folder / "compiled", "reasons_v1")
+    result = compile_registered(registry, "reasons_v1", folder / "compiled")
     assert "path" in result.explainer, result.explainer
-    registry.record_compiled("reasons_v1", result.registry_record().to_dict(), actor="bench")
     registry.promote_to_champion("reasons_v1", actor="bench")
     live = generate_alerts(LIVE_ROWS, seed=22)[FEATURE_NAMES].to_numpy(np.float32)
     fraud_rate = float(np.mean(booster.inplace_predict(live) >= 0.5))
