@@ -3,7 +3,7 @@
 `python bench/loadgen.py NAME=HOST:PORT ... [--rounds R] [--calls N] [--seconds S] [--batch-target NAME]`
 measures the targets interleaved (a noisy neighbour slows all alike) and prints one JSON object:
 per target the sequential Predict latencies (p50/p99/p99.9 in µs) and the throughput with 8 calls in
-flight; for the batch target also PredictBatch and PredictStream rows per second.
+flight (median, and each round's figure); for the batch target also PredictBatch and PredictStream rows per second.
 """
 
 from __future__ import annotations
@@ -142,7 +142,12 @@ def main() -> None:
         for name in turns(targets, round_index):
             throughput[name].append(in_flight(targets[name], args.seconds))
     report: dict[str, dict[str, float]] = {
-        name: {**summary(latencies[name]), "rps_8_in_flight": float(np.median(throughput[name]))} for name in targets
+        name: {
+            **summary(latencies[name]),
+            "rps_8_in_flight": float(np.median(throughput[name])),
+            "rps_8_in_flight_rounds": throughput[name],
+        }
+        for name in targets
     }
     if args.batch_target:
         target = targets[args.batch_target]
