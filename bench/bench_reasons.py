@@ -1,10 +1,11 @@
 """Reason codes over the native transport: what an explained answer costs, as ratios measured in one run.
 
-Two native-transport servers on 127.0.0.1 serve the same production-size model (100 trees of depth 6, trained on
-demo alerts, registered with a held-out test sample and compiled as the product compiles a registered model:
-verified against XGBoost, profile-guided, with its explainer): one with ML_EXPLAIN=request, one with
-ML_EXPLAIN=flagged. The C++ client (bench/native_client.cc) sends demo-like rows in turn, sequentially, in
-interleaved rounds. Budgets: Predict with explain_top_k=3 p50 <= 1.5x a plain Predict's p50 (same server); with
+Two native-transport servers on 127.0.0.1, started anew every two rounds (two identical servers differed by up to
+11 % here), serve the same production-size model (100 trees of depth 6, trained on demo alerts, registered with a
+held-out test sample and compiled as the product compiles a registered model: verified against XGBoost,
+profile-guided, with its explainer): one with ML_EXPLAIN=request, one with ML_EXPLAIN=flagged. The C++ client
+(bench/native_client.cc) sends demo-like rows in turn, sequentially, in interleaved rounds. Budgets, each the
+median of the rounds' ratios: Predict with explain_top_k=3 p50 <= 1.5x a plain Predict's p50 (same server); with
 ML_EXPLAIN=flagged, at the demo's fraud rate, server CPU per plain Predict <= 1.10x the request policy's.
 Run: `make bench` or `.venv/bin/pytest bench/bench_reasons.py -s --benchmark-enable`.
 """
@@ -15,6 +16,7 @@ import signal
 import statistics
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from ml_pipeline.records import ModelAttachments, TestSample
 
 EXPLAINED_P50_VS_PLAIN = 1.5
 FLAGGED_CPU_VS_REQUEST = 1.10
-ROUNDS = 3
+ROUNDS = 10  # one round's CPU figure varies by about 10 % on this machine; a ratio is the median of the rounds'
+ROUNDS_PER_SERVERS = 2  # then both servers are started again
 CALLS = 6000
 LIVE_ROWS = 500
 SAMPLE_ROWS = 5000  # the held-out rows registered as the test sample: the compiler verifies and profiles with them
@@ -77,24 +80,22 @@ def _predict_requests(rows: np.ndarray, top_k: int = 0) -> list[bytes]:
     ]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    """Both servers started and answering, the two request files and the live fraud rate."""
-    folder = tmp_path_factory.mktemp("reasons_bench")
-    registry, live, fraud_rate = _registry(folder)
+def _median_ratio(runs: list[tuple[float, float]], baseline: list[tuple[float, float]], field: int) -> float:
+    """Median over the rounds of one figure (0: p50, 1: CPU per call) of `runs` over the same round's baseline."""
+    return statistics.median(r[field] / b[field] for r, b in zip(runs, baseline, strict=True))
+
+
+@contextmanager
+def _servers(registry_root: Path) -> Iterator[dict[str, tuple[str, int]]]:
+    """One server per policy, started and answering: policy -> (target, pid); stopped on leaving."""
     ports = {policy: _free_port() for policy in POLICIES}
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for policy in POLICIES:
-        processes[policy] = _start_inference_server(registry.root, ports[policy], "native", ML_EXPLAIN=policy)
+        processes[policy] = _start_inference_server(registry_root, ports[policy], "native", ML_EXPLAIN=policy)
     try:
         for policy in POLICIES:
             _wait_ready(f"127.0.0.1:{ports[policy]}")
-        yield {
-            "targets": {policy: (f"127.0.0.1:{ports[policy]}", processes[policy].pid) for policy in POLICIES},
-            "plain": _requests_file(folder / "plain.bin", _predict_requests(live)),
-            "explained": _requests_file(folder / "explained.bin", _predict_requests(live, 3)),
-            "fraud_rate": fraud_rate,
-        }
+        yield {policy: (f"127.0.0.1:{ports[policy]}", processes[policy].pid) for policy in POLICIES}
     finally:
         for process in processes.values():
             process.send_signal(signal.SIGTERM)
@@ -102,21 +103,36 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
             process.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The registry's root, the two request files and the live fraud rate."""
+    folder = tmp_path_factory.mktemp("reasons_bench")
+    registry, live, fraud_rate = _registry(folder)
+    return {
+        "registry_root": registry.root,
+        "plain": _requests_file(folder / "plain.bin", _predict_requests(live)),
+        "explained": _requests_file(folder / "explained.bin", _predict_requests(live, 3)),
+        "fraud_rate": fraud_rate,
+    }
+
+
 def test_reason_code_budgets(
     programs: dict[str, Path],  # noqa: F811 (the fixture imported above)
     setup: dict[str, object],
     bench_report: Callable[[str, str], None],
 ) -> None:
-    """Interleaved rounds: plain and explained calls to the request server, plain calls to the flagged one."""
+    """Interleaved rounds: plain and explained calls to the request server, plain calls to the flagged one; new
+    servers every ROUNDS_PER_SERVERS rounds."""
     client = programs["client"]
-    targets: dict[str, tuple[str, int]] = setup["targets"]  # type: ignore[assignment]
     plain, explained = setup["plain"], setup["explained"]
     cases = {"plain": ("request", plain), "explained": ("request", explained), "flagged": ("flagged", plain)}
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-    for round_index in range(ROUNDS):
-        for name in turns(cases, round_index):
-            server, requests = cases[name]
-            runs[name].append(_sequential(client, *targets[server], requests, CALLS))  # type: ignore[arg-type]
+    for first_round in range(0, ROUNDS, ROUNDS_PER_SERVERS):
+        with _servers(setup["registry_root"]) as targets:  # type: ignore[arg-type]
+            for round_index in range(first_round, first_round + ROUNDS_PER_SERVERS):
+                for name in turns(cases, round_index):
+                    server, requests = cases[name]
+                    runs[name].append(_sequential(client, *targets[server], requests, CALLS))  # type: ignore[arg-type]
     p50 = {name: statistics.median(r[0] for r in rounds) for name, rounds in runs.items()}
     cpu = {name: statistics.median(r[1] for r in rounds) for name, rounds in runs.items()}
     section = f"reason codes (native transport, C++ client, medians of {ROUNDS} rounds)"
@@ -127,10 +143,10 @@ def test_reason_code_budgets(
     ):
         bench_report(section, f"{label:<48} p50 {p50[name]:6.0f} µs, CPU {cpu[name]:5.0f} µs/call")
     checks = [
-        ("p50 explained/plain", p50["explained"] / p50["plain"], EXPLAINED_P50_VS_PLAIN),
-        ("CPU/call flagged/request", cpu["flagged"] / cpu["plain"], FLAGGED_CPU_VS_REQUEST),
+        ("p50 explained/plain", _median_ratio(runs["explained"], runs["plain"], 0), EXPLAINED_P50_VS_PLAIN),
+        ("CPU/call flagged/request", _median_ratio(runs["flagged"], runs["plain"], 1), FLAGGED_CPU_VS_REQUEST),
     ]
     for name, ratio, budget in checks:
-        bench_report(section, f"{name}: {ratio:.3f} (budget <= {budget})")
+        bench_report(section, f"{name} (median of the rounds' ratios): {ratio:.3f} (budget <= {budget})")
     failures = [f"{name} = {ratio:.3f} > {budget}" for name, ratio, budget in checks if ratio > budget]
     assert not failures, "; ".join(failures)
