@@ -12,10 +12,13 @@ Three things are built, in this order, by `build_ext` (so `pip install -e .` alo
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy
 from Cython.Build import cythonize
@@ -83,6 +86,12 @@ class BuildNative(build_ext):
 
     built: list[Path]
 
+    def finalize_options(self) -> None:
+        """Compile on every CPU unless `-j N` says otherwise (pip and the image build pass no -j)."""
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
     def run(self) -> None:
         self._generate_python_messages()
         self.built = []
@@ -137,20 +146,13 @@ class BuildNative(build_ext):
         """Compile `sources` (STRICT) and `generated` (not strict) and link them into out_dir/lib<name>.so."""
         standard = ["-std=gnu11"] if lang == "c" else ["-std=c++17"]
         flags = OPTIMIZE + standard + (extra or [])
-        objects = self.compiler.compile(
-            sources,
-            output_dir=self.build_temp,
-            include_dirs=[INCLUDE, str(NATIVE / "src")],
-            extra_postargs=flags + STRICT,
-            depends=self._headers(),
-        )
-        if generated:
-            objects += self.compiler.compile(
-                generated,
-                output_dir=self.build_temp,
-                include_dirs=[INCLUDE, str(GENERATED)],
-                extra_postargs=flags + ["-fvisibility=hidden", "-w"],
-            )
+        strict = {
+            "include_dirs": [INCLUDE, str(NATIVE / "src")],
+            "extra_postargs": flags + STRICT,
+            "depends": self._headers(),
+        }
+        loose = {"include_dirs": [INCLUDE, str(GENERATED)], "extra_postargs": flags + ["-fvisibility=hidden", "-w"]}
+        objects = self._compile([(source, strict) for source in sources] + [(g, loose) for g in generated or []])
         target = out_dir / f"lib{name}.so"
         self.compiler.link_shared_object(
             objects,
@@ -161,6 +163,17 @@ class BuildNative(build_ext):
             target_lang="c++" if lang == "c++" else "c",
         )
         return target
+
+    def _compile(self, jobs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """The objects of (source, compile options) `jobs`, one compiler process per source, `self.parallel` at a
+        time, in the order of `jobs`."""
+
+        def compile_one(job: tuple[str, dict[str, Any]]) -> list[str]:
+            source, options = job
+            return self.compiler.compile([source], output_dir=self.build_temp, **options)
+
+        with ThreadPoolExecutor(int(self.parallel)) as pool:
+            return [obj for batch in pool.map(compile_one, jobs) for obj in batch]
 
     def _transport_library(self, out_dir: Path) -> Path:
         """libvoxguard_grpc.so: the C++ gRPC server over the core (links libvoxguard and gRPC C++)."""
@@ -217,6 +230,7 @@ setup(
         include_path=["control"],
         language_level=3,
         compiler_directives={"embedsignature": True},
+        nthreads=os.cpu_count() or 1,
     ),
     cmdclass={"build_ext": BuildNative},
 )
