@@ -16,6 +16,7 @@ Run: `make bench` or `.venv/bin/pytest bench/bench_native_transport.py -s --benc
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
 import signal
@@ -46,6 +47,7 @@ P50_VS_CONSTANT = 1.2
 CPU_VS_GRPCIO = 0.4
 THROUGHPUT_VS_GRPCIO = 2.5
 P99_LIMIT_US = 1000.0
+COMPARISONS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt}
 ROUNDS = 3
 SEQUENTIAL_CALLS = 2000
 IN_FLIGHT, IN_FLIGHT_CALLS = 8, 4000
@@ -209,6 +211,6 @@ def test_native_transport_budgets(
     failures = [
         f"{name} = {ratio:.3g}, budget {op} {budget:g}"
         for name, ratio, op, budget in checks
-        if not {"<=": ratio <= budget, ">=": ratio >= budget, "<": ratio < budget}[op]
+        if not COMPARISONS[op](ratio, budget)
     ]
     assert not failures, "; ".join(failures)
