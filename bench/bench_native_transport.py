@@ -48,7 +48,7 @@ CPU_VS_GRPCIO = 0.4
 THROUGHPUT_VS_GRPCIO = 2.5
 P99_LIMIT_US = 1000.0
 COMPARISONS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt}
-ROUNDS = 3
+ROUNDS = 5
 SEQUENTIAL_CALLS = 2000
 IN_FLIGHT, IN_FLIGHT_CALLS = 8, 4000
 STREAM_IN_FLIGHT, STREAM_MESSAGES = 32, 5000
@@ -185,7 +185,7 @@ def test_native_transport_budgets(
         }
         for name, runs in rounds.items()
     }
-    section = "native transport (C++ client; medians of 3 rounds)"
+    section = f"native transport (C++ client; medians of {ROUNDS} rounds)"
     bench_report(
         section, f"{'server':<10}{'p50 µs':>9}{'p99 µs':>9}{'CPU µs/call':>13}{'8 in flight/s':>15}{'stream/s':>10}"
     )
