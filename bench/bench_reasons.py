@@ -26,7 +26,7 @@ import pytest
 import xgboost as xgb
 from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
 from bench_server import _free_port, _start_inference_server, _wait_ready
-from timing import turns
+from timing import median_ratio, turns
 
 from ml_pipeline.compiler.registered import compile_registered
 from ml_pipeline.data.features import FEATURE_NAMES, LABEL
@@ -79,11 +79,6 @@ def _predict_requests(rows: np.ndarray, top_k: int = 0) -> list[bytes]:
         pb.PredictionRequest(features=row.tolist(), request_id=f"call-{i}", explain_top_k=top_k).SerializeToString()
         for i, row in enumerate(rows)
     ]
-
-
-def _median_ratio(runs: list[tuple[float, float]], baseline: list[tuple[float, float]], field: int) -> float:
-    """Median over the rounds of one figure (0: p50, 1: CPU per call) of `runs` over the same round's baseline."""
-    return statistics.median(r[field] / b[field] for r, b in zip(runs, baseline, strict=True))
 
 
 @contextmanager
@@ -144,8 +139,8 @@ def test_reason_code_budgets(
     ):
         bench_report(section, f"{label:<48} p50 {p50[name]:6.0f} µs, CPU {cpu[name]:5.0f} µs/call")
     checks = [
-        ("p50 explained/plain", _median_ratio(runs["explained"], runs["plain"], 0), EXPLAINED_P50_VS_PLAIN),
-        ("CPU/call flagged/request", _median_ratio(runs["flagged"], runs["plain"], 1), FLAGGED_CPU_VS_REQUEST),
+        ("p50 explained/plain", median_ratio(runs["explained"], runs["plain"], 0), EXPLAINED_P50_VS_PLAIN),
+        ("CPU/call flagged/request", median_ratio(runs["flagged"], runs["plain"], 1), FLAGGED_CPU_VS_REQUEST),
     ]
     for name, ratio, budget in checks:
         bench_report(section, f"{name} (median of the rounds' ratios): {ratio:.3f} (budget <= {budget})")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 from bench_native_transport import _requests_file, _sequential, programs  # noqa: F401 (fixture)
-from bench_reasons import _median_ratio, _predict_requests, _registry
+from bench_reasons import _predict_requests, _registry
 from bench_server import _free_port, _start_inference_server, _wait_ready
 from prometheus_client.parser import text_string_to_metric_families
-from timing import turns
+from timing import median_ratio, turns
 
 from ml_pipeline.ab_testing.evidence import ScrapedMetrics
 from ml_pipeline.compiler.registered import compile_registered
@@ -136,7 +136,7 @@ def test_shadow_cpu_budget(
     bench_report(section, f"requests the shadow scored: {scored['shadow']:,.0f} shadowed, {scored['plain']:,.0f} plain")
     assert scored["shadow"] >= ROUNDS * CALLS, "the shadow did not score every request"
     assert scored["plain"] == 0, "the shadow scored requests after it was cleared"
-    ratio = _median_ratio(runs["shadow"], runs["plain"], 1)
+    ratio = median_ratio(runs["shadow"], runs["plain"], 1)
     bench_report(
         section, f"CPU/call shadow/plain (median of the rounds' ratios): {ratio:.3f} (budget <= {SHADOW_CPU_VS_PLAIN})"
     )

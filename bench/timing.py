@@ -4,9 +4,10 @@ alike and a ratio of two figures measured in the same run stays meaningful."""
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 Timed = Callable[[], float]
 T = TypeVar("T")
@@ -37,3 +38,9 @@ def interleaved_best(candidates: dict[str, Timed], repeat: int = 7) -> dict[str,
         for name in turns(candidates, round_index):
             best[name] = min(best[name], candidates[name]())
     return best
+
+
+def median_ratio(runs: Sequence[Any], baseline: Sequence[Any], figure: int | str) -> float:
+    """The median over the rounds of one figure of `runs` (`run[figure]`, e.g. 1 for a (p50, CPU) tuple or "p50_us"
+    for a dict) over the same figure of `baseline` in the same round: a slow round slows both sides alike."""
+    return statistics.median(r[figure] / b[figure] for r, b in zip(runs, baseline, strict=True))
